@@ -1,0 +1,1 @@
+"""Device plugins (CPU, GPU via OpenCL, MOCK) and the device-string registry."""
