@@ -1,0 +1,720 @@
+"""Elementwise CPU kernels: unary math, broadcasting binary arithmetic, comparisons, logic,
+variadic Max/Min/Sum/Mean, Where, Clip and activations.
+
+Every kernel keeps ONNX's output dtype exactly: numpy ufuncs are called so that float32 stays
+float32 (NEP 50 keeps Python scalars weak), and results whose dtype drifted (ml_dtypes' bfloat16,
+mixed-dtype Pow, ...) are cast back. Numpy may hand back 0-d results as numpy scalars; ``_arr``
+turns them into arrays again.
+"""
+from __future__ import annotations
+
+import math
+from functools import reduce
+
+import numpy as np
+
+from ..registry import kernel
+
+_SIGNED_INT = "i"
+_INT_KINDS = "iu"
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def _arr(r, dtype=None) -> np.ndarray:
+    """``r`` as an ndarray of ``dtype`` (no copy when it already is one)."""
+    if type(r) is not np.ndarray:
+        r = np.asarray(r)
+    if dtype is not None and r.dtype != dtype:
+        r = r.astype(dtype)
+    return r
+
+
+def _compute_dtype(x: np.ndarray):
+    """The dtype transcendental math runs in: float16/32/64 as themselves, ml_dtypes floats in float32."""
+    k = x.dtype.kind
+    if k == "f":
+        return x.dtype
+    return np.dtype(np.float32) if k == "V" else np.dtype(np.float64)
+
+
+def _fwork(x: np.ndarray) -> np.ndarray:
+    """``x`` in a dtype numpy ufuncs handle natively (bfloat16/float8 -> float32)."""
+    if x.dtype.kind == "V":
+        return x.astype(np.float32)
+    return x
+
+
+def _legacy_b(a: np.ndarray, b: np.ndarray, broadcast: int, axis) -> np.ndarray:
+    """Opset < 7 broadcasting: with ``broadcast=1`` and ``axis``, B's dims align with A's from ``axis``."""
+    if broadcast and axis is not None and b.ndim and b.ndim < a.ndim:
+        ax = axis + a.ndim if axis < 0 else axis
+        trailing = a.ndim - ax - b.ndim
+        if trailing < 0:
+            raise ValueError(f"legacy broadcast: axis={axis} does not fit shapes {a.shape} and {b.shape}")
+        if trailing:
+            b = b.reshape(b.shape + (1,) * trailing)
+    return b
+
+
+def _unary(op, fn, since=1, legacy=False, keep_dtype=True, domain=""):
+    """Register a unary kernel ``fn(x)``; float math on ml_dtypes inputs runs in float32."""
+    if legacy:
+        def k(x, *, consumed_inputs=None):
+            return _arr(fn(x), x.dtype if keep_dtype else None)
+    else:
+        def k(x):
+            return _arr(fn(x), x.dtype if keep_dtype else None)
+    k.__name__ = k.__qualname__ = op.lower()
+    kernel(op, since=since, domain=domain)(k)
+    return k
+
+
+def _ffn(ufunc):
+    """A float ufunc applied in a dtype numpy supports, warnings (log(0), sqrt(-1)) silenced."""
+    def f(x):
+        with np.errstate(all="ignore"):
+            return ufunc(_fwork(x))
+    return f
+
+
+# ---- unary math --------------------------------------------------------------------------------
+
+def _abs(x):
+    if x.dtype.kind in "ub":
+        return x
+    return np.abs(_fwork(x))
+
+
+def _neg(x):
+    if x.dtype.kind == "V":
+        return np.negative(x.astype(np.float32))
+    return np.negative(x)
+
+
+def _sign(x):
+    if x.dtype.kind == "u":
+        return (x != 0).astype(x.dtype)
+    return np.sign(_fwork(x))
+
+
+def _reciprocal(x):
+    xw = _fwork(x)
+    if xw.dtype.kind in _INT_KINDS:
+        with np.errstate(all="ignore"):
+            return np.floor_divide(xw.dtype.type(1), xw)
+    with np.errstate(all="ignore"):
+        return np.reciprocal(xw)
+
+
+def _round(x):
+    if x.dtype.kind in _INT_KINDS:
+        return x
+    return np.rint(_fwork(x))  # rint rounds half to even
+
+
+def _floor(x):
+    return x if x.dtype.kind in _INT_KINDS else np.floor(_fwork(x))
+
+
+def _ceil(x):
+    return x if x.dtype.kind in _INT_KINDS else np.ceil(_fwork(x))
+
+
+for _op, _fn, _since, _legacy in [
+    ("Abs", _abs, 1, True),
+    ("Neg", _neg, 1, True),
+    ("Exp", _ffn(np.exp), 1, True),
+    ("Log", _ffn(np.log), 1, True),
+    ("Sqrt", _ffn(np.sqrt), 1, True),
+    ("Reciprocal", _reciprocal, 1, True),
+    ("Floor", _floor, 1, True),
+    ("Ceil", _ceil, 1, True),
+    ("Round", _round, 11, False),
+    ("Sign", _sign, 9, False),
+    ("Sin", _ffn(np.sin), 7, False),
+    ("Cos", _ffn(np.cos), 7, False),
+    ("Tan", _ffn(np.tan), 7, False),
+    ("Asin", _ffn(np.arcsin), 7, False),
+    ("Acos", _ffn(np.arccos), 7, False),
+    ("Atan", _ffn(np.arctan), 7, False),
+    ("Sinh", _ffn(np.sinh), 9, False),
+    ("Cosh", _ffn(np.cosh), 9, False),
+    ("Asinh", _ffn(np.arcsinh), 9, False),
+    ("Acosh", _ffn(np.arccosh), 9, False),
+    ("Atanh", _ffn(np.arctanh), 9, False),
+    ("Tanh", _ffn(np.tanh), 1, True),
+]:
+    _unary(_op, _fn, since=_since, legacy=_legacy)
+
+
+# erf without scipy: Maclaurin series near 0 (keeps relative accuracy for tiny x) and a Chebyshev
+# fit of erfc (fractional error < 1.2e-7, Numerical Recipes' erfcc) elsewhere.
+_ERFC_C = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+           0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+_ERF_SERIES = tuple((-1) ** n / (math.factorial(n) * (2 * n + 1)) * 2.0 / math.sqrt(math.pi)
+                    for n in range(12))
+_ERF_SMALL = 0.5
+
+
+def _erf_core(x: np.ndarray) -> np.ndarray:
+    """erf of a float16/32/64 array, computed in (at least) float32 and returned in x's dtype."""
+    dt = x.dtype
+    w = x.astype(np.float32) if dt == np.float16 else x
+    ax = np.abs(w)
+    out = np.empty_like(w)
+    small = ax < _ERF_SMALL
+    if small.all():
+        s_idx = None
+        xs = w
+    else:
+        s_idx = np.nonzero(small)
+        xs = w[s_idx]
+    if xs.size:
+        z = xs * xs
+        acc = np.full_like(xs, _ERF_SERIES[-1])
+        for c in reversed(_ERF_SERIES[:-1]):
+            acc *= z
+            acc += c
+        acc *= xs
+        if s_idx is None:
+            return acc.astype(dt, copy=False)
+        out[s_idx] = acc
+    big = ~small
+    b_idx = np.nonzero(big)
+    xb = ax[b_idx]
+    if xb.size:
+        t = 1.0 / (1.0 + 0.5 * xb)
+        acc = np.full_like(xb, _ERFC_C[-1])
+        for c in reversed(_ERFC_C[:-1]):
+            acc *= t
+            acc += c
+        acc -= xb * xb
+        with np.errstate(all="ignore"):
+            erfc = t * np.exp(acc)
+        r = 1.0 - erfc
+        r = np.where(np.isnan(xb), xb, r)
+        out[b_idx] = np.copysign(r, w[b_idx])
+    return out.astype(dt, copy=False)
+
+
+def _erf(x):
+    if x.dtype.kind in _INT_KINDS:
+        return np.rint(_erf_core(x.astype(np.float64)))
+    return _erf_core(_fwork(x))
+
+
+_unary("Erf", _erf, since=9)
+
+
+@kernel("IsNaN", since=9)
+def isnan(x):
+    if x.dtype.kind in _INT_KINDS or x.dtype.kind == "b":
+        return np.zeros(x.shape, dtype=bool)
+    return _arr(np.isnan(_fwork(x)))
+
+
+@kernel("IsInf", since=10)
+def isinf(x, *, detect_negative=1, detect_positive=1):
+    if x.dtype.kind in _INT_KINDS or x.dtype.kind == "b":
+        return np.zeros(x.shape, dtype=bool)
+    x = _fwork(x)
+    if detect_negative and detect_positive:
+        return _arr(np.isinf(x))
+    if detect_positive:
+        return _arr(np.isposinf(x))
+    if detect_negative:
+        return _arr(np.isneginf(x))
+    return np.zeros(x.shape, dtype=bool)
+
+
+@kernel("Not", since=1)
+def not_(x):
+    return _arr(np.logical_not(x))
+
+
+@kernel("BitwiseNot", since=18)
+def bitwise_not(x):
+    return _arr(np.invert(x))
+
+
+# ---- binary arithmetic -------------------------------------------------------------------------
+
+def _binary(op, fn, since_modern=7, legacy=True):
+    """Register ``fn(a, b)`` for opset >= since_modern, plus an opset-1 kernel with the legacy
+    ``broadcast``/``axis``/``consumed_inputs`` attributes."""
+    def modern(a, b):
+        return fn(a, b)
+
+    modern.__name__ = modern.__qualname__ = op.lower()
+    kernel(op, since=since_modern)(modern)
+    if legacy:
+        def old(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
+            return fn(a, _legacy_b(a, b, broadcast, axis))
+
+        old.__name__ = old.__qualname__ = op.lower() + "_legacy"
+        kernel(op, since=1)(old)
+
+
+def _same_dtype_op(ufunc):
+    def f(a, b):
+        dt = a.dtype
+        if dt.kind == "V":  # bfloat16 & co: compute in float32
+            return _arr(ufunc(a.astype(np.float32), b.astype(np.float32)), dt)
+        r = ufunc(a, b)
+        if type(r) is not np.ndarray or r.dtype != dt:
+            r = _arr(r, dt)
+        return r
+    return f
+
+
+_add = _same_dtype_op(np.add)
+_sub = _same_dtype_op(np.subtract)
+_mul = _same_dtype_op(np.multiply)
+
+
+def _div(a, b):
+    dt = a.dtype
+    if dt.kind in _INT_KINDS:
+        if b.dtype != dt:
+            b = b.astype(dt)
+        with np.errstate(all="ignore"):
+            q = np.floor_divide(a, b)
+            if dt.kind == _SIGNED_INT:
+                # floor -> truncation toward zero (C semantics): bump the quotient where the
+                # remainder is non-zero and the operands' signs differ.
+                fix = (q * b != a) & ((a < 0) != (b < 0))
+                if fix.any():
+                    q = q + fix.astype(dt)
+        return _arr(q, dt)
+    if dt.kind == "b":
+        raise ValueError("Div does not support bool inputs")
+    if dt.kind == "V":
+        return _arr(np.divide(a.astype(np.float32), b.astype(np.float32)), dt)
+    with np.errstate(all="ignore"):
+        return _arr(np.divide(a, b), dt)
+
+
+def _pow(x, y):
+    dt = x.dtype
+    if dt.kind == "V":
+        return _arr(_pow(x.astype(np.float32), _fwork(y)), dt)
+    yk = y.dtype.kind
+    if y.dtype.kind == "V":
+        y = y.astype(np.float32)
+        yk = "f"
+    with np.errstate(all="ignore"):
+        if dt.kind == "f":
+            if y.size == 1 and y.ndim <= x.ndim:
+                v = float(y.reshape(-1)[0])
+                if v == 2.0:
+                    return _arr(np.square(x).reshape(np.broadcast_shapes(x.shape, y.shape)), dt)
+                if v == 1.0:
+                    return x.reshape(np.broadcast_shapes(x.shape, y.shape))
+                if v == 0.5:
+                    return _arr(np.sqrt(x).reshape(np.broadcast_shapes(x.shape, y.shape)), dt)
+            if yk in _INT_KINDS or (yk == "f" and y.dtype.itemsize < dt.itemsize):
+                y = y.astype(dt)
+            return _arr(np.power(x, y), dt)
+        if dt.kind in _INT_KINDS:
+            if yk in _INT_KINDS and not (y < 0).any():
+                return _arr(np.power(x, y), dt)
+            return _arr(np.power(x.astype(np.float64), y.astype(np.float64)), dt)
+    raise ValueError(f"Pow: unsupported base dtype {dt}")
+
+
+def _mod_impl(a, b, fmod):
+    dt = a.dtype
+    if dt.kind == "V":
+        return _arr(_mod_impl(a.astype(np.float32), b.astype(np.float32), fmod), dt)
+    with np.errstate(all="ignore"):
+        r = np.fmod(a, b) if fmod else np.mod(a, b)
+    return _arr(r, dt)
+
+
+_binary("Add", _add)
+_binary("Sub", _sub)
+_binary("Mul", _mul)
+_binary("Div", _div)
+_binary("Pow", _pow)
+
+
+@kernel("Mod", since=10)
+def mod(a, b, *, fmod=0):
+    # fmod=0 is only defined for integers by ONNX; for floats numpy's floored modulo is the
+    # natural extension (sign of the divisor), fmod=1 is C's fmod (sign of the dividend).
+    return _mod_impl(a, b, fmod)
+
+
+@kernel("BitShift", since=11)
+def bit_shift(x, y, *, direction=None):
+    if direction not in ("LEFT", "RIGHT"):
+        raise ValueError(f"BitShift: direction must be 'LEFT' or 'RIGHT', got {direction!r}")
+    dt = x.dtype
+    if y.dtype != dt:
+        y = y.astype(dt)
+    r = np.left_shift(x, y) if direction == "LEFT" else np.right_shift(x, y)
+    return _arr(r, dt)
+
+
+@kernel("BitwiseAnd", since=18)
+def bitwise_and(a, b):
+    return _arr(np.bitwise_and(a, b), a.dtype)
+
+
+@kernel("BitwiseOr", since=18)
+def bitwise_or(a, b):
+    return _arr(np.bitwise_or(a, b), a.dtype)
+
+
+@kernel("BitwiseXor", since=18)
+def bitwise_xor(a, b):
+    return _arr(np.bitwise_xor(a, b), a.dtype)
+
+
+# ---- comparisons and logic ---------------------------------------------------------------------
+
+def _as_str(x: np.ndarray) -> np.ndarray:
+    if x.dtype == object and x.size:
+        flat = x.reshape(-1)
+        if any(isinstance(v, bytes) for v in flat[:1]):
+            return np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in flat],
+                            dtype=object).reshape(x.shape)
+    return x
+
+
+def _cmp(ufunc):
+    def f(a, b):
+        if a.dtype == object or b.dtype == object:
+            a, b = _as_str(a), _as_str(b)
+            return _arr(ufunc(a, b), np.bool_)
+        if a.dtype.kind == "V" or b.dtype.kind == "V":
+            a, b = _fwork(a), _fwork(b)
+        return _arr(ufunc(a, b))
+    return f
+
+
+_binary("Equal", _cmp(np.equal))
+_binary("Less", _cmp(np.less))
+_binary("Greater", _cmp(np.greater))
+_binary("LessOrEqual", _cmp(np.less_equal), since_modern=12, legacy=False)
+_binary("GreaterOrEqual", _cmp(np.greater_equal), since_modern=12, legacy=False)
+
+
+def _logic(ufunc):
+    def f(a, b):
+        return _arr(ufunc(a, b))
+    return f
+
+
+_binary("And", _logic(np.logical_and))
+_binary("Or", _logic(np.logical_or))
+_binary("Xor", _logic(np.logical_xor))
+
+
+# ---- variadic ----------------------------------------------------------------------------------
+
+def _variadic(ufunc, xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        raise ValueError("expected at least one input")
+    dt = xs[0].dtype
+    if dt.kind == "V":
+        xs = [x.astype(np.float32) for x in xs]
+    if len(xs) == 1:
+        return xs[0] if xs[0].dtype == dt else _arr(xs[0], dt)
+    if len(xs) == 2:
+        r = ufunc(xs[0], xs[1])
+    else:
+        r = ufunc(xs[0], xs[1])
+        for x in xs[2:]:
+            r = ufunc(r, x, out=r) if r.shape == np.broadcast_shapes(r.shape, x.shape) and \
+                r.dtype == np.result_type(r, x) else ufunc(r, x)
+    return _arr(r, dt)
+
+
+@kernel("Max", since=1)
+def max_(*xs, consumed_inputs=None):
+    return _variadic(np.maximum, xs)
+
+
+@kernel("Min", since=1)
+def min_(*xs, consumed_inputs=None):
+    return _variadic(np.minimum, xs)
+
+
+@kernel("Sum", since=1)
+def sum_(*xs, consumed_inputs=None):
+    return _variadic(np.add, xs)
+
+
+@kernel("Mean", since=1)
+def mean(*xs, consumed_inputs=None):
+    xs = [x for x in xs if x is not None]
+    s = _variadic(np.add, xs)
+    dt = s.dtype
+    if dt.kind == "V":
+        return _arr(s.astype(np.float32) / len(xs), dt)
+    if dt.kind in _INT_KINDS:
+        return _arr(s // len(xs), dt)
+    if len(xs) == 1:
+        return s
+    return _arr(np.divide(s, len(xs), out=s if s is not xs[0] else None), dt)
+
+
+@kernel("Where", since=9)
+def where(condition, x, y):
+    if condition.dtype != np.bool_:
+        condition = condition.astype(bool)
+    r = np.where(condition, x, y)
+    dt = x.dtype
+    return _arr(r, dt if r.dtype != dt and x.dtype == y.dtype else None)
+
+
+# ---- Clip --------------------------------------------------------------------------------------
+
+def _clip(x, lo, hi):
+    dt = x.dtype
+    if x.dtype.kind == "V":
+        return _arr(_clip(x.astype(np.float32), lo, hi), dt)
+    r = x
+    if lo is not None:
+        r = np.maximum(r, lo)
+    if hi is not None:
+        r = np.minimum(r, hi)
+    if r is x:
+        return x
+    return _arr(r, dt)
+
+
+def _bound(v, dt):
+    if v is None:
+        return None
+    v = np.asarray(v)
+    if v.size == 0:
+        return None
+    if v.size != 1:
+        raise ValueError(f"Clip: min/max must be scalars, got shape {v.shape}")
+    v = v.reshape(())
+    if v.dtype != dt:
+        v = v.astype(np.float32 if dt.kind == "V" else dt)
+    return v[()]
+
+
+@kernel("Clip", since=1)
+def clip_legacy(x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38, consumed_inputs=None):
+    dt = x.dtype
+    lo, hi = min, max
+    if dt.kind == "f":
+        lo, hi = dt.type(lo), dt.type(hi)
+    return _clip(x, lo, hi)
+
+
+@kernel("Clip", since=11)
+def clip(x, min=None, max=None):
+    dt = x.dtype
+    return _clip(x, _bound(min, dt), _bound(max, dt))
+
+
+# ---- activations -------------------------------------------------------------------------------
+
+def _sigmoid_f(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic in x's float dtype: exp(-|x|) never overflows."""
+    e = np.abs(x)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    num = np.where(x >= 0, x.dtype.type(1), e)
+    e += 1
+    np.divide(num, e, out=num)
+    return num
+
+
+@kernel("Relu", since=1)
+def relu(x, *, consumed_inputs=None):
+    if x.dtype.kind == "V":
+        return _arr(np.maximum(x.astype(np.float32), 0), x.dtype)
+    return _arr(np.maximum(x, x.dtype.type(0)))
+
+
+@kernel("LeakyRelu", since=1)
+def leaky_relu(x, *, alpha=0.01, consumed_inputs=None):
+    dt = x.dtype
+    xw = _fwork(x)
+    if 0.0 <= alpha <= 1.0:
+        r = xw * alpha
+        np.maximum(xw, r, out=r)
+    else:
+        r = np.where(xw < 0, xw * alpha, xw)
+    return _arr(r, dt)
+
+
+@kernel("PRelu", since=1)
+def prelu(x, slope, *, consumed_inputs=None):
+    dt = x.dtype
+    xw = _fwork(x)
+    if slope.dtype != xw.dtype:
+        slope = slope.astype(xw.dtype)
+    if slope.ndim > xw.ndim or np.broadcast_shapes(xw.shape, slope.shape) != xw.shape:
+        # pre-opset-7 PRelu: a 1-D slope of size C applies along axis 1
+        if slope.ndim == 1 and xw.ndim >= 2 and slope.shape[0] == xw.shape[1]:
+            slope = slope.reshape((-1,) + (1,) * (xw.ndim - 2))
+    r = np.where(xw < 0, xw * slope, xw)
+    return _arr(r, dt)
+
+
+@kernel("Elu", since=1)
+def elu(x, *, alpha=1.0, consumed_inputs=None):
+    dt = x.dtype
+    xw = _fwork(x)
+    neg = np.minimum(xw, xw.dtype.type(0))
+    np.expm1(neg, out=neg)
+    neg *= alpha
+    r = np.where(xw > 0, xw, neg)
+    return _arr(r, dt)
+
+
+@kernel("Selu", since=1)
+def selu(x, *, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875, consumed_inputs=None):
+    dt = x.dtype
+    xw = _fwork(x)
+    neg = np.minimum(xw, xw.dtype.type(0))
+    np.expm1(neg, out=neg)
+    neg *= alpha
+    r = np.where(xw > 0, xw, neg)
+    r *= gamma
+    return _arr(r, dt)
+
+
+@kernel("Celu", since=12)
+def celu(x, *, alpha=1.0):
+    dt = x.dtype
+    xw = _fwork(x)
+    neg = np.minimum(xw, xw.dtype.type(0))
+    neg /= alpha
+    np.expm1(neg, out=neg)
+    neg *= alpha
+    r = np.maximum(xw, xw.dtype.type(0))
+    r += neg
+    return _arr(r, dt)
+
+
+@kernel("Sigmoid", since=1)
+def sigmoid(x, *, consumed_inputs=None):
+    dt = x.dtype
+    xw = x.astype(_compute_dtype(x)) if x.dtype.kind != "f" else x
+    return _arr(_sigmoid_f(xw), dt)
+
+
+@kernel("HardSigmoid", since=1)
+def hard_sigmoid(x, *, alpha=0.2, beta=0.5, consumed_inputs=None):
+    dt = x.dtype
+    xw = _fwork(x)
+    r = xw * alpha
+    r += beta
+    np.clip(r, 0, 1, out=r)
+    return _arr(r, dt)
+
+
+@kernel("HardSwish", since=14)
+def hard_swish(x):
+    dt = x.dtype
+    xw = _fwork(x)
+    r = xw * (1.0 / 6.0)
+    r += 0.5
+    np.clip(r, 0, 1, out=r)
+    r *= xw
+    return _arr(r, dt)
+
+
+@kernel("Softplus", since=1)
+def softplus(x):
+    dt = x.dtype
+    xw = _fwork(x)
+    with np.errstate(all="ignore"):
+        return _arr(np.logaddexp(xw.dtype.type(0), xw), dt)
+
+
+@kernel("Softsign", since=1)
+def softsign(x):
+    dt = x.dtype
+    xw = _fwork(x)
+    d = np.abs(xw)
+    d += 1
+    return _arr(np.divide(xw, d, out=d), dt)
+
+
+@kernel("Swish", since=24)
+def swish(x, *, alpha=1.0):
+    dt = x.dtype
+    xw = x.astype(_compute_dtype(x)) if x.dtype.kind != "f" else x
+    s = _sigmoid_f(xw * alpha if alpha != 1.0 else xw)
+    s *= xw
+    return _arr(s, dt)
+
+
+@kernel("Mish", since=18)
+def mish(x):
+    dt = x.dtype
+    xw = _fwork(x)
+    with np.errstate(all="ignore"):
+        sp = np.logaddexp(xw.dtype.type(0), xw)
+    np.tanh(sp, out=sp)
+    sp *= xw
+    return _arr(sp, dt)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+@kernel("Gelu", since=20)
+def gelu(x, *, approximate="none"):
+    dt = x.dtype
+    xw = _fwork(x)
+    if approximate == "tanh":
+        inner = xw * xw
+        inner *= 0.044715
+        inner += 1
+        inner *= xw
+        inner *= _SQRT_2_OVER_PI
+        np.tanh(inner, out=inner)
+    elif approximate == "none":
+        inner = _erf_core(xw * _INV_SQRT2)
+    else:
+        raise ValueError(f"Gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    inner += 1
+    inner *= xw
+    inner *= 0.5
+    return _arr(inner, dt)
+
+
+@kernel("ThresholdedRelu", since=10)
+def thresholded_relu(x, *, alpha=1.0):
+    dt = x.dtype
+    xw = _fwork(x)
+    return _arr(np.where(xw > alpha, xw, xw.dtype.type(0)), dt)
+
+
+@kernel("Shrink", since=9)
+def shrink(x, *, bias=0.0, lambd=0.5):
+    dt = x.dtype
+    xw = _fwork(x)
+    if xw.dtype.kind in _INT_KINDS:
+        # compute in float64 so that x -/+ bias neither wraps nor truncates early
+        xf = xw.astype(np.float64)
+    else:
+        xf = xw
+    r = np.where(xf < -lambd, xf + bias, np.where(xf > lambd, xf - bias, xf.dtype.type(0)))
+    return _arr(r, dt)
+
+
+@kernel("Identity", since=1)
+def identity(x):
+    return x
+
+
+@kernel("Binarizer", since=1, domain="ai.onnx.ml")
+def binarizer(x, *, threshold=0.0):
+    dt = x.dtype
+    xw = _fwork(x)
+    return _arr(xw > threshold, dt)
