@@ -77,7 +77,11 @@ def _reduce(x, axes, keepdims, noop_with_empty_axes, fn, empty_value):
     x = np.asarray(x)
     ax = _resolve_axes(x, axes, noop_with_empty_axes)
     if ax is None:
-        return x
+        # no axes: each element is reduced over a singleton set (x for sum/mean/max/min/prod,
+        # x**2 for ReduceSumSquare, log(x) for ReduceLogSum, |x| for ReduceL1/L2, ...)
+        if fn in (_sum, _mean, _max, _min, _prod):
+            return x
+        ax = ()
     shape = _out_shape(x, ax, keepdims)
     if _empty_reduction(x, ax):
         if x.dtype.kind in "iu" and isinstance(empty_value, float) and not np.isfinite(empty_value):

@@ -320,10 +320,13 @@ def gather_nd(data, indices, *, batch_dims=0):
     B = int(np.prod(batch_shape, dtype=np.int64))
     xb = x.reshape((B,) + x.shape[b:])
     mid_shape = idx.shape[b:-1]
-    ib = _norm_indices(idx.reshape((B, -1, k)) if B else idx.reshape((0, 0, k)),
-                       np.asarray(x.shape[b:b + k], dtype=np.int64))
-    sel = (np.arange(B, dtype=np.int64)[:, None],) + tuple(ib[..., j] for j in range(k))
-    r = xb[sel]  # (B, M) + x.shape[b+k:]
+    M = int(np.prod(mid_shape, dtype=np.int64))
+    ib = _norm_indices(idx.reshape((B, M, k)), np.asarray(x.shape[b:b + k], dtype=np.int64))
+    if k == 0:
+        r = np.broadcast_to(xb[:, None], (B, M) + xb.shape[1:])
+    else:
+        sel = (np.arange(B, dtype=np.int64)[:, None],) + tuple(ib[..., j] for j in range(k))
+        r = xb[sel]  # (B, M) + x.shape[b+k:]
     return r.reshape(batch_shape + mid_shape + x.shape[b + k:])
 
 
@@ -603,8 +606,8 @@ def one_hot(indices, depth, values, *, axis=-1):
 @kernel("NonZero", since=9)
 def non_zero(X):
     x = np.asarray(X)
-    if x.ndim == 0:
-        return np.zeros((0, 1 if bool(x) else 0), dtype=np.int64)
+    if x.ndim == 0:  # like onnxruntime: a scalar counts as a 1-element vector
+        return np.zeros((1, 1 if bool(x) else 0), dtype=np.int64)
     if x.dtype == object:
         x = x.astype(bool)
     return np.array(np.nonzero(x), dtype=np.int64).reshape(x.ndim, -1)
