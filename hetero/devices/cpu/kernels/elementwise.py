@@ -8,8 +8,8 @@ turns them into arrays again.
 """
 from __future__ import annotations
 
+import functools
 import math
-from functools import reduce
 
 import numpy as np
 
@@ -55,6 +55,16 @@ def _legacy_b(a: np.ndarray, b: np.ndarray, broadcast: int, axis) -> np.ndarray:
         if trailing:
             b = b.reshape(b.shape + (1,) * trailing)
     return b
+
+
+def _quiet(fn):
+    """Run ``fn`` with numpy's floating-point warnings off (inf * 0, overflow in exp, ...): results
+    follow IEEE semantics, which is what ONNX expects."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _unary(op, fn, since=1, legacy=False, keep_dtype=True, domain=""):
@@ -157,45 +167,54 @@ _ERF_SERIES = tuple((-1) ** n / (math.factorial(n) * (2 * n + 1)) * 2.0 / math.s
 _ERF_SMALL = 0.5
 
 
+def _erfc_abs(a: np.ndarray) -> np.ndarray:
+    """erfc(a) for a >= 0 (NaN passes through), in a's float dtype; relative error < 1.2e-7."""
+    t = a * 0.5
+    t += 1.0
+    np.reciprocal(t, out=t)
+    acc = np.full_like(a, _ERFC_C[-1])
+    for c in reversed(_ERFC_C[:-1]):
+        acc *= t
+        acc += c
+    acc -= a * a
+    with np.errstate(all="ignore"):
+        np.exp(acc, out=acc)
+    acc *= t
+    return acc
+
+
 def _erf_core(x: np.ndarray) -> np.ndarray:
     """erf of a float16/32/64 array, computed in (at least) float32 and returned in x's dtype."""
     dt = x.dtype
     w = x.astype(np.float32) if dt == np.float16 else x
+    if w.ndim == 0:
+        w = w.reshape(1)
     ax = np.abs(w)
-    out = np.empty_like(w)
     small = ax < _ERF_SMALL
-    if small.all():
-        s_idx = None
-        xs = w
-    else:
-        s_idx = np.nonzero(small)
-        xs = w[s_idx]
-    if xs.size:
+    n_small = int(np.count_nonzero(small))
+    out = np.empty_like(w)
+    if n_small:
+        xs = w if n_small == w.size else w[small]
         z = xs * xs
         acc = np.full_like(xs, _ERF_SERIES[-1])
         for c in reversed(_ERF_SERIES[:-1]):
             acc *= z
             acc += c
         acc *= xs
-        if s_idx is None:
-            return acc.astype(dt, copy=False)
-        out[s_idx] = acc
-    big = ~small
-    b_idx = np.nonzero(big)
-    xb = ax[b_idx]
-    if xb.size:
-        t = 1.0 / (1.0 + 0.5 * xb)
-        acc = np.full_like(xb, _ERFC_C[-1])
-        for c in reversed(_ERFC_C[:-1]):
-            acc *= t
-            acc += c
-        acc -= xb * xb
-        with np.errstate(all="ignore"):
-            erfc = t * np.exp(acc)
-        r = 1.0 - erfc
-        r = np.where(np.isnan(xb), xb, r)
-        out[b_idx] = np.copysign(r, w[b_idx])
-    return out.astype(dt, copy=False)
+        if n_small == w.size:
+            out = acc
+        else:
+            out[small] = acc
+    if n_small < w.size:
+        big = ~small
+        r = _erfc_abs(ax if n_small == 0 else ax[big])
+        np.subtract(1.0, r, out=r)
+        np.copysign(r, w if n_small == 0 else w[big], out=r)
+        if n_small == 0:
+            out = r
+        else:
+            out[big] = r
+    return out.astype(dt, copy=False).reshape(x.shape)
 
 
 def _erf(x):
@@ -517,6 +536,21 @@ def clip(x, min=None, max=None):
 
 
 # ---- activations -------------------------------------------------------------------------------
+#
+# Activations run in float32 for float16/bfloat16/float8 inputs (as the reference does; float16
+# intermediates lose too much), use in-place ufuncs on their own temporaries, and treat 0-d inputs as
+# shape (1,) so that ``out=`` always has an array to write to.
+
+def _ain(x: np.ndarray) -> np.ndarray:
+    if x.dtype.kind == "V" or x.dtype == np.float16:
+        x = x.astype(np.float32)
+    return x.reshape(1) if x.ndim == 0 else x
+
+
+def _aout(r, x: np.ndarray) -> np.ndarray:
+    r = _arr(r, x.dtype)
+    return r.reshape(()) if x.ndim == 0 else r
+
 
 def _sigmoid_f(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic in x's float dtype: exp(-|x|) never overflows."""
@@ -537,130 +571,138 @@ def relu(x, *, consumed_inputs=None):
 
 
 @kernel("LeakyRelu", since=1)
+@_quiet
 def leaky_relu(x, *, alpha=0.01, consumed_inputs=None):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     if 0.0 <= alpha <= 1.0:
         r = xw * alpha
         np.maximum(xw, r, out=r)
     else:
         r = np.where(xw < 0, xw * alpha, xw)
-    return _arr(r, dt)
+    return _aout(r, x)
 
 
 @kernel("PRelu", since=1)
+@_quiet
 def prelu(x, slope, *, consumed_inputs=None):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     if slope.dtype != xw.dtype:
         slope = slope.astype(xw.dtype)
-    if slope.ndim > xw.ndim or np.broadcast_shapes(xw.shape, slope.shape) != xw.shape:
+    if x.ndim and (slope.ndim > x.ndim or np.broadcast_shapes(x.shape, slope.shape) != x.shape):
         # pre-opset-7 PRelu: a 1-D slope of size C applies along axis 1
-        if slope.ndim == 1 and xw.ndim >= 2 and slope.shape[0] == xw.shape[1]:
-            slope = slope.reshape((-1,) + (1,) * (xw.ndim - 2))
+        if slope.ndim == 1 and x.ndim >= 2 and slope.shape[0] == x.shape[1]:
+            slope = slope.reshape((-1,) + (1,) * (x.ndim - 2))
     r = np.where(xw < 0, xw * slope, xw)
-    return _arr(r, dt)
+    if x.ndim == 0 and r.ndim:
+        r = r.reshape(np.broadcast_shapes(x.shape, slope.shape))
+        return _arr(r, x.dtype)
+    return _aout(r, x)
+
+
+def _elu_neg(xw: np.ndarray, alpha: float) -> np.ndarray:
+    """alpha * (exp(min(x, 0)) - 1): the negative branch of Elu/Selu, never overflowing."""
+    neg = np.minimum(xw, xw.dtype.type(0))
+    np.expm1(neg, out=neg)
+    neg *= alpha
+    return neg
 
 
 @kernel("Elu", since=1)
+@_quiet
 def elu(x, *, alpha=1.0, consumed_inputs=None):
-    dt = x.dtype
-    xw = _fwork(x)
-    neg = np.minimum(xw, xw.dtype.type(0))
-    np.expm1(neg, out=neg)
-    neg *= alpha
-    r = np.where(xw > 0, xw, neg)
-    return _arr(r, dt)
+    xw = _ain(x)
+    return _aout(np.where(xw > 0, xw, _elu_neg(xw, alpha)), x)
 
 
 @kernel("Selu", since=1)
+@_quiet
 def selu(x, *, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875, consumed_inputs=None):
-    dt = x.dtype
-    xw = _fwork(x)
-    neg = np.minimum(xw, xw.dtype.type(0))
-    np.expm1(neg, out=neg)
-    neg *= alpha
-    r = np.where(xw > 0, xw, neg)
+    xw = _ain(x)
+    r = np.where(xw > 0, xw, _elu_neg(xw, alpha))
     r *= gamma
-    return _arr(r, dt)
+    return _aout(r, x)
 
 
 @kernel("Celu", since=12)
+@_quiet
 def celu(x, *, alpha=1.0):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     neg = np.minimum(xw, xw.dtype.type(0))
     neg /= alpha
     np.expm1(neg, out=neg)
     neg *= alpha
     r = np.maximum(xw, xw.dtype.type(0))
     r += neg
-    return _arr(r, dt)
+    return _aout(r, x)
 
 
 @kernel("Sigmoid", since=1)
+@_quiet
 def sigmoid(x, *, consumed_inputs=None):
-    dt = x.dtype
-    xw = x.astype(_compute_dtype(x)) if x.dtype.kind != "f" else x
-    return _arr(_sigmoid_f(xw), dt)
+    xw = _ain(x)
+    if xw.dtype.kind != "f":
+        xw = xw.astype(np.float64)
+    return _aout(_sigmoid_f(xw), x)
 
 
 @kernel("HardSigmoid", since=1)
+@_quiet
 def hard_sigmoid(x, *, alpha=0.2, beta=0.5, consumed_inputs=None):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     r = xw * alpha
     r += beta
     np.clip(r, 0, 1, out=r)
-    return _arr(r, dt)
+    return _aout(r, x)
 
 
 @kernel("HardSwish", since=14)
+@_quiet
 def hard_swish(x):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     r = xw * (1.0 / 6.0)
     r += 0.5
     np.clip(r, 0, 1, out=r)
     r *= xw
-    return _arr(r, dt)
+    return _aout(r, x)
 
 
 @kernel("Softplus", since=1)
+@_quiet
 def softplus(x):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     with np.errstate(all="ignore"):
-        return _arr(np.logaddexp(xw.dtype.type(0), xw), dt)
+        return _aout(np.logaddexp(xw.dtype.type(0), xw), x)
 
 
 @kernel("Softsign", since=1)
+@_quiet
 def softsign(x):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     d = np.abs(xw)
     d += 1
-    return _arr(np.divide(xw, d, out=d), dt)
+    return _aout(np.divide(xw, d, out=d), x)
 
 
 @kernel("Swish", since=24)
+@_quiet
 def swish(x, *, alpha=1.0):
-    dt = x.dtype
-    xw = x.astype(_compute_dtype(x)) if x.dtype.kind != "f" else x
+    xw = _ain(x)
+    if xw.dtype.kind != "f":
+        xw = xw.astype(np.float64)
     s = _sigmoid_f(xw * alpha if alpha != 1.0 else xw)
     s *= xw
-    return _arr(s, dt)
+    return _aout(s, x)
 
 
 @kernel("Mish", since=18)
+@_quiet
 def mish(x):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     with np.errstate(all="ignore"):
         sp = np.logaddexp(xw.dtype.type(0), xw)
     np.tanh(sp, out=sp)
     sp *= xw
-    return _arr(sp, dt)
+    return _aout(sp, x)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -668,44 +710,48 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 @kernel("Gelu", since=20)
+@_quiet
 def gelu(x, *, approximate="none"):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     if approximate == "tanh":
+        # 1 + tanh(y) = 2 * sigmoid(2y): the stable sigmoid avoids cancellation for negative x
         inner = xw * xw
         inner *= 0.044715
         inner += 1
         inner *= xw
-        inner *= _SQRT_2_OVER_PI
-        np.tanh(inner, out=inner)
+        inner *= 2.0 * _SQRT_2_OVER_PI
+        inner = _sigmoid_f(inner)
+        inner *= 2
     elif approximate == "none":
-        inner = _erf_core(xw * _INV_SQRT2)
+        # 0.5 * x * (1 + erf(x/sqrt2)) = 0.5 * x * erfc(-x/sqrt2): with erfc of |x|/sqrt2 there is
+        # no cancellation on the negative side.
+        a = np.abs(xw)
+        a *= _INV_SQRT2
+        e = _erfc_abs(a)
+        inner = np.where(xw < 0, e, 2 - e)
     else:
         raise ValueError(f"Gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    inner += 1
     inner *= xw
     inner *= 0.5
-    return _arr(inner, dt)
+    return _aout(inner, x)
 
 
 @kernel("ThresholdedRelu", since=10)
+@_quiet
 def thresholded_relu(x, *, alpha=1.0):
-    dt = x.dtype
-    xw = _fwork(x)
-    return _arr(np.where(xw > alpha, xw, xw.dtype.type(0)), dt)
+    xw = _ain(x)
+    return _aout(np.where(xw > alpha, xw, xw.dtype.type(0)), x)
 
 
 @kernel("Shrink", since=9)
+@_quiet
 def shrink(x, *, bias=0.0, lambd=0.5):
-    dt = x.dtype
-    xw = _fwork(x)
+    xw = _ain(x)
     if xw.dtype.kind in _INT_KINDS:
         # compute in float64 so that x -/+ bias neither wraps nor truncates early
-        xf = xw.astype(np.float64)
-    else:
-        xf = xw
-    r = np.where(xf < -lambd, xf + bias, np.where(xf > lambd, xf - bias, xf.dtype.type(0)))
-    return _arr(r, dt)
+        xw = xw.astype(np.float64)
+    r = np.where(xw < -lambd, xw + bias, np.where(xw > lambd, xw - bias, xw.dtype.type(0)))
+    return _aout(r, x)
 
 
 @kernel("Identity", since=1)
@@ -714,7 +760,7 @@ def identity(x):
 
 
 @kernel("Binarizer", since=1, domain="ai.onnx.ml")
+@_quiet
 def binarizer(x, *, threshold=0.0):
-    dt = x.dtype
     xw = _fwork(x)
-    return _arr(xw > threshold, dt)
+    return _arr(xw > threshold, x.dtype)
