@@ -335,7 +335,8 @@ def _softmax_core(xc, axis, log):
 
 def _softmax(x, axis, log, flatten):
     x = np.asarray(x)
-    xc = x if _is_native_float(x.dtype) else x.astype(np.float32)
+    # float16 stays float16 (as onnx's expected outputs are computed); bfloat16/float8 go via float32
+    xc = x if (_is_native_float(x.dtype) or x.dtype == np.float16) else x.astype(np.float32)
     if x.size == 0:
         return x.copy()
     if x.ndim == 0:
