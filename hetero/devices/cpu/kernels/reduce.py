@@ -36,7 +36,7 @@ def _norm_axis(axis: int, rank: int, what: str = "axis") -> int:
 def _resolve_axes(x: np.ndarray, axes, noop_with_empty_axes: int):
     """Normalised axes tuple, or None meaning 'no-op' (return input unchanged)."""
     if axes is not None:
-        axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+        axes = np.asarray(axes).astype(np.int64, copy=False).reshape(-1).tolist()
     if not axes:
         if noop_with_empty_axes:
             return None
@@ -325,12 +325,13 @@ def _as_2d(x, axis):
 def _softmax_core(xc, axis, log):
     m = np.max(xc, axis=axis, keepdims=True) if xc.shape[axis] else np.zeros(())
     m = np.where(np.isfinite(m), m, np.zeros_like(m))
-    e = xc - m
+    e = np.subtract(xc, m, dtype=xc.dtype)  # a fresh array: the in-place steps below never touch x
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if log:
-            return e - np.log(np.sum(np.exp(e), axis=axis, keepdims=True))
-        p = np.exp(e)
-        return p / np.sum(p, axis=axis, keepdims=True)
+            lse = np.log(np.sum(np.exp(e), axis=axis, keepdims=True))
+            return np.subtract(e, lse, out=e)
+        np.exp(e, out=e)
+        return np.divide(e, np.sum(e, axis=axis, keepdims=True), out=e)
 
 
 def _softmax(x, axis, log, flatten):

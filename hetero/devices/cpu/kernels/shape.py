@@ -20,7 +20,18 @@ def _ints(v) -> list[int]:
     """A list of Python ints from an attribute list or a 0-/1-D integer tensor."""
     if v is None:
         return []
-    return [int(a) for a in np.asarray(v).reshape(-1)]
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind not in "iu":
+            v = v.astype(np.int64)
+        return v.reshape(-1).tolist()
+    return [int(a) for a in v]
+
+
+def _prod(dims) -> int:
+    p = 1
+    for d in dims:
+        p *= int(d)
+    return p
 
 
 def _norm_axis(axis, rank: int, what: str = "axis") -> int:
@@ -82,7 +93,7 @@ def _reshape(x, shape, allowzero):
     if new.count(-1) > 1:
         raise ValueError(f"Reshape: more than one -1 in {shape}")
     if -1 in new:
-        known = int(np.prod([d for d in new if d != -1], dtype=np.int64))
+        known = _prod([d for d in new if d != -1])
         if known == 0:
             if x.size != 0:
                 raise ValueError(f"Reshape: cannot infer -1 in {shape} for input {x.shape}")
@@ -91,7 +102,7 @@ def _reshape(x, shape, allowzero):
             if x.size % known:
                 raise ValueError(f"Reshape: cannot reshape {x.shape} into {shape}")
             new[new.index(-1)] = x.size // known
-    if int(np.prod(new, dtype=np.int64)) != x.size:
+    if _prod(new) != x.size:
         raise ValueError(f"Reshape: cannot reshape {x.shape} (size {x.size}) into {tuple(new)}")
     return x.reshape(new)
 
@@ -113,8 +124,8 @@ def flatten(input, *, axis=1):
     if not -r <= axis <= r:
         raise ValueError(f"Flatten: axis {axis} out of range for rank {r}")
     a = axis + r if axis < 0 else axis
-    outer = int(np.prod(x.shape[:a], dtype=np.int64))
-    inner = int(np.prod(x.shape[a:], dtype=np.int64))
+    outer = _prod(x.shape[:a])
+    inner = _prod(x.shape[a:])
     return x.reshape(outer, inner)
 
 
