@@ -14,13 +14,6 @@ def _is_native_float(dt: np.dtype) -> bool:
     return dt.kind == "f" and dt in (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _compute_dtype(dt: np.dtype) -> np.dtype:
-    """The dtype to compute float math in: float16/bfloat16/float8 are upcast to float32."""
-    if dt == np.float64:
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
-
-
 def _is_floatlike(dt: np.dtype) -> bool:
     # ml_dtypes types (bfloat16, float8*) have kind 'V' or 'f' depending on version
     return dt.kind == "f" or dt.kind == "V"
@@ -274,6 +267,7 @@ def cumprod(x, axis, *, exclusive=0, reverse=0):
 
 
 def _topk(x, k, axis, largest, sorted_):
+    # the result is always sorted (sorted=0 leaves the order unspecified)
     x = np.asarray(x)
     k = int(np.asarray(k).reshape(-1)[0])
     if x.ndim == 0:
