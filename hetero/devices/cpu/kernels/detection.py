@@ -55,7 +55,7 @@ def non_max_suppression(boxes, scores, max_output_boxes_per_class=None, iou_thre
     if max_out == 0:
         return np.zeros((0, 3), dtype=np.int64)
     for bi in range(boxes.shape[0]):
-        bx1, by1, bx2, by2, barea = x1[bi], y1[bi], x2[bi], y2[bi], area[bi]
+        coords = (x1[bi], y1[bi], x2[bi], y2[bi], area[bi])
         for ci in range(scores.shape[1]):
             sc = scores[bi, ci].astype(np.float64)
             cand = np.nonzero(sc > score_thr)[0] if has_score_thr else np.arange(sc.shape[0])
@@ -63,27 +63,49 @@ def non_max_suppression(boxes, scores, max_output_boxes_per_class=None, iou_thre
                 continue
             # descending score, ties broken by the lower box index
             order = cand[np.lexsort((cand, -sc[cand]))]
-            alive = np.ones(order.size, dtype=bool)
-            picked = 0
-            for pos in range(order.size):  # loop over selected boxes only
-                if not alive[pos]:
-                    continue
-                i = order[pos]
+            for i in _greedy_nms(order, coords, iou_thr, max_out):
                 selected.append((bi, ci, i))
-                picked += 1
-                if picked >= max_out:
-                    break
-                rest = order[pos + 1:]
-                iw = np.minimum(bx2[i], bx2[rest]) - np.maximum(bx1[i], bx1[rest])
-                ih = np.minimum(by2[i], by2[rest]) - np.maximum(by1[i], by1[rest])
-                inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-                union = barea[i] + barea[rest] - inter
-                ok = (inter > 0) & (barea[i] > 0) & (barea[rest] > 0) & (union > 0)
-                iou = np.where(ok, inter / np.where(union > 0, union, 1.0), 0.0)
-                alive[pos + 1:] &= ~(ok & (iou > iou_thr))
     if not selected:
         return np.zeros((0, 3), dtype=np.int64)
     return np.asarray(selected, dtype=np.int64)
+
+
+def _suppresses(a: np.ndarray, b: np.ndarray, coords, iou_thr: float) -> np.ndarray:
+    """(len(a), len(b)) bool: box a[i] suppresses box b[j] (IoU > threshold, degenerate boxes never)."""
+    x1, y1, x2, y2, area = coords
+    iw = np.minimum(x2[a][:, None], x2[b][None, :]) - np.maximum(x1[a][:, None], x1[b][None, :])
+    ih = np.minimum(y2[a][:, None], y2[b][None, :]) - np.maximum(y1[a][:, None], y1[b][None, :])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    aa, ab = area[a][:, None], area[b][None, :]
+    union = aa + ab - inter
+    ok = (inter > 0) & (aa > 0) & (ab > 0) & (union > 0)
+    iou = inter / np.where(ok, union, 1.0)
+    return ok & (iou > iou_thr)
+
+
+_NMS_BLOCK = 256
+
+
+def _greedy_nms(order: np.ndarray, coords, iou_thr: float, max_out: int) -> list[int]:
+    """Greedy selection over score-sorted candidates, a block of candidates at a time: the IoU
+    tests of a block against itself and against the boxes kept so far are single array ops."""
+    kept: list[int] = []
+    for start in range(0, order.size, _NMS_BLOCK):
+        blk = order[start:start + _NMS_BLOCK]
+        alive = np.ones(blk.size, dtype=bool)
+        if kept:
+            alive &= ~_suppresses(np.asarray(kept), blk, coords, iou_thr).any(axis=0)
+        sup = _suppresses(blk, blk, coords, iou_thr)
+        for pos in np.flatnonzero(alive):  # visits candidates in score order
+            if not alive[pos]:
+                continue
+            kept.append(int(blk[pos]))
+            if len(kept) >= max_out:
+                return kept
+            alive &= ~sup[pos]
+        if len(kept) >= max_out:
+            break
+    return kept
 
 
 def _roi_align(X, rois, batch_indices, *, coordinate_transformation_mode, mode, output_height,
@@ -128,25 +150,42 @@ def _roi_align(X, rois, batch_indices, *, coordinate_transformation_mode, mode, 
         xs = x0 + np.arange(pw)[:, None] * bw + (np.arange(gw)[None, :] + 0.5) * bw / gw
         yl, yh, wy_lo, wy_hi, vy = _bilinear_axis(ys.reshape(-1), height)
         xl, xh, wx_lo, wx_hi, vx = _bilinear_axis(xs.reshape(-1), width)
-        img = X[bidx[k]].astype(cdt)  # (C, H, W)
-        # corner values (C, Sy, Sx) with Sy = ph*gh, Sx = pw*gw
-        v1 = img[:, yl[:, None], xl[None, :]]
-        v2 = img[:, yl[:, None], xh[None, :]]
-        v3 = img[:, yh[:, None], xl[None, :]]
-        v4 = img[:, yh[:, None], xh[None, :]]
-        valid = (vy[:, None] & vx[None, :]).astype(cdt)
-        w1 = (wy_lo[:, None] * wx_lo[None, :]) * valid
-        w2 = (wy_lo[:, None] * wx_hi[None, :]) * valid
-        w3 = (wy_hi[:, None] * wx_lo[None, :]) * valid
-        w4 = (wy_hi[:, None] * wx_hi[None, :]) * valid
         if mode == "avg":
-            s = w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4  # (C, Sy, Sx)
-            s = s.reshape(c, ph, gh, pw, gw).sum(axis=(2, 4)) / count
+            # bilinear sampling and the bin average are separable: out = Wy @ img @ Wx^T,
+            # restricted to the rows/columns the ROI's samples touch
+            y_lo, y_hi = int(yl.min()), int(yh.max()) + 1
+            x_lo, x_hi = int(xl.min()), int(xh.max()) + 1
+            img = X[bidx[k], :, y_lo:y_hi, x_lo:x_hi].astype(cdt)
+            wy = _interp_matrix(yl - y_lo, yh - y_lo, wy_lo * vy, wy_hi * vy, y_hi - y_lo)
+            wx = _interp_matrix(xl - x_lo, xh - x_lo, wx_lo * vx, wx_hi * vx, x_hi - x_lo)
+            wy = wy.reshape(ph, gh, -1).sum(axis=1).astype(cdt)
+            wx = wx.reshape(pw, gw, -1).sum(axis=1).astype(cdt)
+            s = np.matmul(np.matmul(wy, img), wx.T) / cdt(count)  # (C, ph, pw)
         else:
+            img = X[bidx[k]].astype(cdt)  # (C, H, W)
+            # corner values (C, Sy, Sx) with Sy = ph*gh, Sx = pw*gw
+            v1 = img[:, yl[:, None], xl[None, :]]
+            v2 = img[:, yl[:, None], xh[None, :]]
+            v3 = img[:, yh[:, None], xl[None, :]]
+            v4 = img[:, yh[:, None], xh[None, :]]
+            valid = (vy[:, None] & vx[None, :]).astype(cdt)
+            w1 = (wy_lo[:, None] * wx_lo[None, :]) * valid
+            w2 = (wy_lo[:, None] * wx_hi[None, :]) * valid
+            w3 = (wy_hi[:, None] * wx_lo[None, :]) * valid
+            w4 = (wy_hi[:, None] * wx_hi[None, :]) * valid
             s = np.maximum(np.maximum(w1 * v1, w2 * v2), np.maximum(w3 * v3, w4 * v4))
             s = s.reshape(c, ph, gh, pw, gw).max(axis=(2, 4))
         out[k] = s
     return out.astype(X.dtype)
+
+
+def _interp_matrix(lo, hi, w_lo, w_hi, size):
+    """(samples, size) matrix whose rows hold each sample's two bilinear weights."""
+    m = np.zeros((lo.shape[0], size), dtype=np.float64)
+    rows = np.arange(lo.shape[0])
+    np.add.at(m, (rows, lo), w_lo)
+    np.add.at(m, (rows, hi), w_hi)
+    return m
 
 
 def _bilinear_axis(p: np.ndarray, size: int):
