@@ -41,7 +41,7 @@ def _matmul(a: np.ndarray, b: np.ndarray, dt: np.dtype) -> np.ndarray:
 
 def _softmax_guarded(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis; rows that are entirely -inf give zeros instead of NaN."""
-    m = np.max(x, axis=-1, keepdims=True)
+    m = np.max(x, axis=-1, keepdims=True, initial=-np.inf)
     m = np.where(np.isneginf(m), np.zeros((), dtype=x.dtype), m)
     e = np.exp(x - m)
     s = np.sum(e, axis=-1, keepdims=True)
@@ -158,7 +158,7 @@ def attention(Q, K, V, attn_mask=None, past_key=None, past_value=None, nonpad_kv
         probs = _round_to(probs, sdt)
     else:
         probs = _round_to(_softmax_guarded(scores), in_dt)
-    row_masked = np.isneginf(np.max(bias, axis=-1, keepdims=True))
+    row_masked = np.isneginf(np.max(bias, axis=-1, keepdims=True, initial=-np.inf))
     probs = np.where(row_masked, np.zeros((), dtype=probs.dtype), probs)
     probs = _round_to(probs.astype(wdt), in_dt)
     Y = _matmul(probs, V.astype(wdt), in_dt)

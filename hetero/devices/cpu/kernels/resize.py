@@ -340,7 +340,7 @@ def _gs_axis(coord: np.ndarray, size: int, mode: str, padding_mode: str, align_c
     else:
         valid = None
         idx = np.clip(np.trunc(_reflect(taps, lo, hi)), 0, size - 1)
-    return idx.astype(np.intp), w, valid
+    return np.nan_to_num(idx, nan=0.0).astype(np.intp), w, valid  # NaN coords: NaN weights
 
 
 @kernel("GridSample", since=16)
