@@ -373,3 +373,27 @@ def test_bitcast():
     assert s.shape == () and s == 0x3F800000
     with pytest.raises(ValueError):
         cast_k.bit_cast(x, to=TensorProto.INT64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int8, np.int64, np.bool_,
+                                   ml_dtypes.bfloat16])
+def test_where_large_bit_select_matches_np_where(dtype):
+    # above the size threshold Where uses a bitwise select: check it bit-exactly, with broadcasting
+    c = rng.random((8, 1, 700)) > 0.5
+    a = (F(8, 3, 700) * 10).astype(dtype)
+    b = (F(3, 1) * 10).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        a.reshape(-1)[:4] = np.array([np.nan, -0.0, np.inf, -np.inf], dtype)
+    got = ew.where(c, a, b)
+    want = np.where(c, a, b)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    got = ew.where(c, b, a)
+    np.testing.assert_array_equal(got.view(np.uint8), np.where(c, b, a).view(np.uint8))
+
+
+def test_large_activations_match_reference():
+    x = np.concatenate([SPECIALS, F(20000) * 4]).astype(np.float32)
+    for op, attrs in [("ThresholdedRelu", {"alpha": 0.5}), ("Elu", {}), ("Selu", {}), ("Softplus", {}),
+                      ("Mish", {}), ("Sigmoid", {}), ("Gelu", {}), ("LeakyRelu", {"alpha": 3.0})]:
+        check(op, [x], attrs, opset=22, rtol=1e-5, atol=1e-6)
