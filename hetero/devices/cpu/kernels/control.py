@@ -38,10 +38,20 @@ def if_(cond, *, then_branch=None, else_branch=None, _run_graph, _num_outputs=No
 
 # ---- Loop ------------------------------------------------------------------------------------
 
-def _stack_scan(values, dtype, axis=0):
+def _empty_scan(info, dtype):
+    """A zero-iteration scan output: shape (0, *per-iteration shape) where the body declares it."""
+    if info is not None and info.dtype is not None:
+        dtype = info.dtype
+    shape = (0,)
+    if info is not None and info.shape is not None and all(isinstance(d, int) for d in info.shape):
+        shape = (0,) + tuple(info.shape)
+    return np.empty(shape, dtype=dtype if dtype is not None else np.float32)
+
+
+def _stack_scan(values, dtype, info=None, axis=0):
     if values:
         return np.stack([np.asarray(v) for v in values], axis=axis)
-    return np.empty((0,), dtype=dtype if dtype is not None else np.float32)
+    return _empty_scan(info, dtype)
 
 
 @kernel("Loop", since=1)
@@ -85,7 +95,7 @@ def loop(M=None, cond=None, *v_initial, body=None, _run_graph, _num_outputs=None
         dt = None
         if _output_dtypes is not None and n_carried + k < len(_output_dtypes):
             dt = _output_dtypes[n_carried + k]
-        results.append(_stack_scan(scans[k], dt))
+        results.append(_stack_scan(scans[k], dt, body.outputs[1 + n_carried + k]))
     if _num_outputs is not None:
         results = results[:_num_outputs]
     return _ret(results)
@@ -142,7 +152,7 @@ def _run_scan(states, scan_inputs, body, run_graph, in_dirs, out_dirs, in_axes, 
             dt = None
             if output_dtypes is not None and n_state + k < len(output_dtypes):
                 dt = output_dtypes[n_state + k]
-            y = np.empty((0,), dtype=dt or np.float32)
+            y = _empty_scan(body.outputs[n_state + k], dt)
         if k < len(out_dirs) and out_dirs[k]:
             y = y[::-1]
         ax = out_axes[k] if k < len(out_axes) else 0

@@ -135,9 +135,9 @@ def _window(size, periodic, output_datatype, coeffs):
     k = np.arange(n, dtype=np.float64)
     w = np.zeros(n, dtype=np.float64)
     if n == 1 and not periodic:
-        phase = np.zeros(1)
-    else:
-        phase = 2.0 * np.pi * k / max(denom, 1)
+        # a one-point symmetric window is 0/0 in the formula; use the conventional [1] (as numpy does)
+        return np.ones(1, dtype=out_dt)
+    phase = 2.0 * np.pi * k / max(denom, 1)
     for m, a in enumerate(coeffs):
         w = w + a * np.cos(m * phase)
     return w.astype(out_dt)
