@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InferError, PropertyError, suggest
 from ..ir import Graph, TensorInfo
 from .. import properties as P
-from .request import InferRequest, InferResults
+from .request import NO_CONTEXT, InferRequest, InferResults
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ class CompiledModel:
 
     def _execute(self, feeds, profile, context, request) -> tuple[dict[str, Any], str]:
         """Run the runner on checked feeds; returns (outputs, device that served)."""
-        borrowed = context is None
+        borrowed = context is NO_CONTEXT
         if borrowed:
             context = self._streams.borrow()
         try:

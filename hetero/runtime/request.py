@@ -12,6 +12,8 @@ import numpy as np
 
 from ..errors import HeteroError, InferError
 
+NO_CONTEXT = object()  # "borrow a free stream context" (None is a valid runner context)
+
 if TYPE_CHECKING:
     from .compiled import CompiledModel, Port
 
@@ -26,6 +28,7 @@ class ProfilingInfo:
     real_time: datetime.timedelta
     cpu_time: datetime.timedelta
     status: str  # EXECUTED | NOT_RUN | OPTIMIZED_OUT
+    nbytes: int = 0  # bytes moved (HETERO Reorders); 0 where not measured
 
 
 class InferResults(Mapping):
@@ -194,7 +197,7 @@ class InferRequest:
             self._busy = False
         self._done.set()
 
-    def _run_now(self, context=None) -> None:
+    def _run_now(self, context=NO_CONTEXT) -> None:
         """Execute with the current inputs (sync path: borrows a stream context)."""
         t0 = time.perf_counter()
         prof = [] if self._compiled._perf_count else None
@@ -211,7 +214,7 @@ class InferRequest:
             self._error.__cause__ = e
         self._latency_ms = (time.perf_counter() - t0) * 1e3
 
-    def _async_body(self, context=None) -> None:
+    def _async_body(self, context) -> None:
         try:
             self._run_now(context)
             cb = self._callback
@@ -260,7 +263,7 @@ class InferRequest:
             raise InferError("profiling is off: compile with {'PERF_COUNT': True} to collect counters")
         out = [ProfilingInfo(r.node_name, r.node_type, r.exec_type,
                              datetime.timedelta(seconds=r.real_time), datetime.timedelta(seconds=r.cpu_time),
-                             r.status) for r in self._profile]
+                             r.status, getattr(r, "nbytes", 0)) for r in self._profile]
         for name, op in self._compiled._optimized_out:
             out.append(ProfilingInfo(name, op, "undef", datetime.timedelta(0), datetime.timedelta(0),
                                      "OPTIMIZED_OUT"))

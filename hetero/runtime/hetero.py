@@ -1,0 +1,612 @@
+"""HETERO: one model split across devices (DESIGN.md §5).
+
+``compile_hetero`` runs the whole flow:
+
+1. resolve the device list (device string or MULTI_DEVICE_PRIORITIES) to plugins; an unknown device,
+   an empty list or a nested virtual device is a DeviceStringError naming the token;
+2. validate the properties; split them into HETERO's own and the per-device ones (generic keys every
+   device accepts, plus DEVICE_PROPERTIES={device: {...}});
+3. run the graph passes, ask each device which nodes it runs (``query``);
+4. ``affinity.assign``: AFFINITY, AFFINITY_RULES, then FALLBACK priorities or the COST policy;
+5. ``partition.split`` + ``Plan.check`` + ``partition.reorder``;
+6. compile each subgraph with its device's plugin;
+7. wrap the :class:`PlanRunner` in a :class:`HeteroCompiledModel`; write the dot dumps if asked
+   (HETERO_DUMP_GRAPH_DOT); HETERO_DEBUG=1 prints each placement.
+
+Running: a sync ``infer`` runs the subgraphs in the caller's thread in plan order, handing any other
+subgraph that is ready at the same time to that subgraph's worker thread (so independent subgraphs
+on different devices overlap). Async requests go through per-subgraph worker queues: request k+1
+can run subgraph 0 on one device while request k runs subgraph 1 on another.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import properties as P
+from ..affinity import UNSUPPORTED, Assignment, DeviceProfile, assign, estimate_costs, parse_rules
+from ..affinity.assign import fused_originals
+from ..affinity.rules import Rule
+from ..devices.base import Device, ProfileRecord
+from ..devices.registry import ParsedDevice, parse, parse_single
+from ..errors import DeviceError, DeviceStringError, HeteroError, InferError, PropertyError, suggest
+from ..ir import Graph
+from ..partition import HOST, Plan, Reorder, reorder, split, write_dumps
+from .compiled import CompiledModel
+
+#: properties HETERO itself reads
+HETERO_KEYS = ("AFFINITY", "AFFINITY_RULES", "AFFINITY_POLICY", "HETERO_DUMP_GRAPH_DOT", "HETERO_DUMP_DIR",
+               "MULTI_DEVICE_PRIORITIES", "DEVICE_PROPERTIES")
+#: properties forwarded to every device that accepts them
+FORWARD_KEYS = ("PERFORMANCE_HINT", "PERFORMANCE_HINT_NUM_REQUESTS", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
+                "INFERENCE_PRECISION_HINT", "PERF_COUNT", "CACHE_DIR", "LOG_LEVEL", "MODEL_PRIORITY")
+_TRUE = ("1", "TRUE", "YES", "ON")
+
+
+class QueryResult(dict):
+    """``query_model`` for HETERO: {node: device} for every node that runs, with ``UNSUPPORTED`` for
+    nodes no listed device can run (query_model never raises for those; compile does). Nodes the
+    graph passes fused into another (the Relu of a FusedConv) are listed with that node's device.
+    ``reasons`` says why each node went where; ``unsupported`` gives, for each unsupported node,
+    every device's reason; ``optimized_out`` lists the nodes the passes removed (Identity, Dropout,
+    constant subexpressions), which run on no device."""
+
+    reasons: dict[str, str]
+    unsupported: dict[str, dict[str, str]]
+    optimized_out: list[str]
+
+
+# ---- 1-2. devices and properties ------------------------------------------------------------------
+
+def _resolve_devices(core, parsed: ParsedDevice, cfg: Mapping[str, Any]) -> list[Device]:
+    items = parsed.items
+    text = parsed.text
+    prop = cfg.get("MULTI_DEVICE_PRIORITIES")
+    if prop:
+        listed = parse("HETERO:" + str(prop))
+        if items and [i.name for i in items] != [i.name for i in listed.items]:
+            raise DeviceStringError(f"device string {text!r} lists {[str(i) for i in items]} but "
+                                    f"MULTI_DEVICE_PRIORITIES says {prop!r}; give one or make them agree")
+        items, text = listed.items, f"HETERO:{prop}"
+    if not items:
+        raise DeviceStringError(f"device string {text!r}: HETERO needs a device list, e.g. 'HETERO:GPU,CPU' "
+                                "or the MULTI_DEVICE_PRIORITIES property")
+    devices: list[Device] = []
+    for it in items:
+        if it.nreq is not None:
+            raise DeviceStringError(f"device string {text!r}: {str(it)!r}: a request count means nothing "
+                                    "inside HETERO (it is for MULTI)")
+        try:
+            dev = core._registry.get(it, text)
+        except DeviceStringError:
+            raise
+        except DeviceError:
+            avail = core._registry.available(include_mock=True)
+            raise DeviceStringError(f"device string {text!r}: unknown device {str(it)!r}; available devices: "
+                                    f"{avail}") from None
+        if any(d.name == dev.name for d in devices):
+            raise DeviceStringError(f"device string {text!r}: {str(it)!r} names {dev.name}, which is already "
+                                    "in the list")
+        devices.append(dev)
+    return devices
+
+
+def _canon(token: Any, devices: list[Device], where: str) -> str:
+    """A user's device token ("GPU", "gpu.0") as the listed device's name ("GPU.0")."""
+    names = [d.name for d in devices]
+    try:
+        spec = parse_single(str(token), str(token))
+    except DeviceStringError:
+        raise PropertyError(f"{where}: {token!r} is not a device name; HETERO lists {names}") from None
+    for n in names:
+        fam, _, idx = n.partition(".")
+        if n == spec.name or (spec.index is None and fam == spec.family and idx in ("", "0")):
+            return n
+    raise PropertyError(f"{where}: device {token!r} is not in the HETERO device list {names}")
+
+
+def _check_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    accepted = HETERO_KEYS + FORWARD_KEYS
+    out = {}
+    for k, v in config.items():
+        if k not in P.SPECS:
+            raise PropertyError("unknown property for HETERO: " + suggest(k, accepted))
+        if k not in accepted:
+            raise PropertyError(f"property {k!r} is not accepted by HETERO; it accepts {sorted(accepted)} "
+                                "(device-specific keys go in DEVICE_PROPERTIES={device: {...}})")
+        out[k] = P.validate(k, v)
+    return out
+
+
+def _device_configs(cfg: Mapping[str, Any], devices: list[Device]) -> dict[str, dict[str, Any]]:
+    per = {d.name: {} for d in devices}
+    for token, props in (cfg.get("DEVICE_PROPERTIES") or {}).items():
+        name = _canon(token, devices, "DEVICE_PROPERTIES")
+        if not isinstance(props, Mapping):
+            raise PropertyError(f"DEVICE_PROPERTIES[{token!r}]: expected a dict of properties, got {props!r}")
+        per[name].update(props)
+    out = {}
+    for d in devices:
+        base = {k: v for k, v in cfg.items() if k in FORWARD_KEYS and k in d.settable}
+        base.update(per[d.name])
+        out[d.name] = d.config(base)
+    return out
+
+
+def _placement_inputs(cfg: Mapping[str, Any], devices: list[Device]) -> tuple[dict[str, str], tuple[Rule, ...]]:
+    manual = {str(n): _canon(d, devices, f"AFFINITY[{n!r}]") for n, d in (cfg.get("AFFINITY") or {}).items()}
+    rules = tuple(Rule(r.index, r.pattern, _canon(r.device, devices, f"AFFINITY_RULES {r.describe()}"), r.kind)
+                  for r in parse_rules(cfg.get("AFFINITY_RULES") or ""))
+    return manual, rules
+
+
+# ---- cost profiles (AFFINITY_POLICY=COST) ----------------------------------------------------------
+
+_CALIBRATION: tuple[float, float] | None = None
+
+
+def _host_speed() -> tuple[float, float]:
+    """(flop/s of a float32 matmul, bytes/s of a large copy) on this host, measured once (~10 ms)."""
+    global _CALIBRATION
+    if _CALIBRATION is None:
+        a = np.full((192, 192), 0.5, np.float32)
+        a @ a
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ a
+        flops = 4 * 2 * 192 ** 3 / max(time.perf_counter() - t0, 1e-9)
+        src = np.ones(1 << 20, np.float32)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)
+        t0 = time.perf_counter()
+        for _ in range(4):
+            np.copyto(dst, src)
+        bw = 4 * 2 * src.nbytes / max(time.perf_counter() - t0, 1e-9)
+        _CALIBRATION = (flops, bw)
+    return _CALIBRATION
+
+
+def _host_memory(dev: Device) -> bool:
+    return type(dev).upload is Device.upload
+
+
+def device_profile(dev: Device, cfg: Mapping[str, Any]) -> DeviceProfile:
+    """A rough speed profile: the plugin's own ``cost_profile(config)`` when it has one, else one
+    derived from the host's measured speed (MOCK: scaled by MOCK_SPEED; GPUs: by DEVICE_TYPE)."""
+    hook = getattr(dev, "cost_profile", None)
+    if callable(hook):
+        p = hook(cfg)
+        if isinstance(p, DeviceProfile):
+            return p
+        if isinstance(p, Mapping):
+            return DeviceProfile(**p)
+    flops, bw = _host_speed()
+    if dev.family == "CPU":
+        return DeviceProfile(flops, bw)
+    if dev.family == "MOCK":
+        speed = float(cfg.get("MOCK_SPEED", 1.0) or 1.0)
+        lat = float(cfg.get("MOCK_LATENCY_MS", 0.0) or 0.0) / 1e3
+        return DeviceProfile(flops / speed, bw / speed, subgraph_overhead_s=20e-6 + lat)
+    try:
+        kind = str(dev.get_property("DEVICE_TYPE"))
+    except HeteroError:
+        kind = "other"
+    scale = {"discrete": 10.0, "integrated": 3.0}.get(kind, 1.0)
+    host = _host_memory(dev)
+    return DeviceProfile(flops * scale, bw * scale, node_overhead_s=20e-6, host_memory=host,
+                         link_bytes_per_s=bw if kind != "discrete" else 8e9,
+                         link_latency_s=5e-6 if host else 30e-6, subgraph_overhead_s=50e-6)
+
+
+# ---- 3-4. placement ------------------------------------------------------------------------------
+
+def _place(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, Any], strict: bool):
+    cfg = _check_config(config)
+    devices = _resolve_devices(core, parsed, cfg)
+    dev_cfgs = _device_configs(cfg, devices)
+    manual, rules = _placement_inputs(cfg, devices)
+    supported = {d.name: d.query(graph) for d in devices}
+    policy = cfg.get("AFFINITY_POLICY", "FALLBACK")
+    costs = None
+    if policy == "COST":
+        profiles = {d.name: device_profile(d, dev_cfgs[d.name]) for d in devices}
+        costs = estimate_costs(graph, profiles, supported)
+    assignment = assign(graph, supported, [d.name for d in devices], rules, policy, manual=manual, costs=costs,
+                        strict=strict)
+    return cfg, devices, dev_cfgs, assignment
+
+
+def query_hetero(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, Any]) -> QueryResult:
+    """{node: device} for every node ("UNSUPPORTED" where no listed device can run it; never raises
+    for those), with ``.reasons`` and ``.unsupported``."""
+    _, _, _, a = _place(core, graph, parsed, config, strict=False)
+    placed = a.as_dict()
+    out, reasons = QueryResult(), {}
+    for n in graph.nodes:  # graph order; originals fused into a node follow it, on its device
+        out[n.name], reasons[n.name] = placed[n.name], a.why(n.name)
+        for f, _op in fused_originals(graph).get(n.name, ()):
+            out[f], reasons[f] = placed[n.name], f"fused into {n.name}: {a.why(n.name)}"
+    out.reasons = reasons
+    out.unsupported = {n: dict(v) for n, v in a.unsupported.items()}
+    out.optimized_out = [name for name, _op in graph.optimized_out if name not in out]
+    return out
+
+
+# ---- 5-7. compile ---------------------------------------------------------------------------------
+
+def compile_hetero(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, Any]) -> "HeteroCompiledModel":
+    from .core import prepare_graph
+
+    t0 = time.perf_counter()
+    optimized = prepare_graph(graph)
+    cfg, devices, dev_cfgs, assignment = _place(core, optimized, parsed, config, strict=True)
+    by_name = {d.name: d for d in devices}
+    host = next((d.name for d in devices if d.family == "CPU"), "CPU")
+    plan = split(optimized, assignment, host_device=host).check()
+    traits = {d.name: {"memory": "host" if _host_memory(d) else "device",
+                       "precision": "f32" if _host_memory(d) else str(dev_cfgs[d.name].get("INFERENCE_PRECISION_HINT",
+                                                                                            "f32")),
+                       "layout": str(getattr(d, "layout", "plain"))} for d in devices}
+    plan = reorder(plan, traits).check()
+    exes = [by_name[s.device].compile(plan.subgraph_graph(s.id), dev_cfgs[s.device]) for s in plan.subgraphs]
+    runner = PlanRunner(plan, exes, by_name, dev_cfgs)
+    streams = max([by_name[d].optimal_streams(dev_cfgs[d]) for d in plan.devices] or [1])
+    used = list(plan.devices)
+    extra = {
+        "COMPILE_TIME_MS": (time.perf_counter() - t0) * 1e3,
+        "LOADED_FROM_CACHE": False,
+        "OPTIMAL_NUMBER_OF_INFER_REQUESTS": max(streams, len(plan.subgraphs), 1),
+        "AFFINITY": dict(assignment.device),
+        "MULTI_DEVICE_PRIORITIES": ",".join(d.name for d in devices),
+    }
+    name = "HETERO:" + ",".join(d.name for d in devices)
+    cm = HeteroCompiledModel(optimized, runner, name, cfg, streams=streams, execution_devices=used,
+                             extra_properties=extra, original=graph, plan=plan, assignment=assignment)
+    env_dump = os.environ.get("HETERO_DUMP_GRAPH_DOT", "").strip().upper() in _TRUE
+    if cfg.get("HETERO_DUMP_GRAPH_DOT") or env_dump:
+        cm.dump_files = write_dumps(plan, cfg.get("HETERO_DUMP_DIR") or ".", [d.name for d in devices])
+    if os.environ.get("HETERO_DEBUG", "0") not in ("", "0"):
+        print(f"[hetero] {name}: {optimized.name!r} -> {len(plan.subgraphs)} subgraph(s), "
+              f"{len(plan.reorders)} Reorder(s)", file=sys.stderr)
+        for n in optimized.nodes:
+            print(f"[hetero]   {n.name} ({n.op_type}) -> {assignment[n.name]}: {assignment.reason[n.name]} "
+                  f"[subgraph{plan.subgraph_of(n.name)}]", file=sys.stderr)
+    return cm
+
+
+# ---- the plan executor ----------------------------------------------------------------------------
+
+class _Pipeline:
+    """The context async requests run under: every subgraph goes through its worker queue."""
+
+
+PIPELINE = _Pipeline()
+
+
+class _RunContext:
+    """A sync request's context: one device context per subgraph executable."""
+
+    __slots__ = ("sub",)
+
+    def __init__(self, sub: list):
+        self.sub = sub
+
+
+class _ReorderExec:
+    """Runs one Reorder: download from device memory, precision/layout conversion, upload."""
+
+    def __init__(self, r: Reorder, devices: Mapping[str, Device], dst_takes_handles: bool):
+        self.r = r
+        self.key = (r.value, r.dst_device)
+        self.src = devices.get(r.src_device)
+        self.dst = devices.get(r.dst_device)
+        self.want = np.dtype(r.dst_dtype) if r.dst_dtype else None
+        self.upload = r.transfer in ("upload", "device-to-device") and dst_takes_handles
+        self.layout = r.src_layout != r.dst_layout
+        self.label = f"{r.src_device}->{r.dst_device}"
+
+    def apply(self, x: Any) -> tuple[Any, str, int]:
+        done = []
+        if self.src is not None and x is not None and not isinstance(x, (np.ndarray, list, tuple, np.generic)):
+            x = self.src.download(x)  # a device handle the source executable kept in its memory
+            done.append("download")
+        if self.layout:
+            conv = getattr(self.src, "to_plain", None)
+            if conv is not None:
+                x = conv(x)
+                done.append(f"{self.r.src_layout}->{self.r.dst_layout}")
+        if isinstance(x, np.ndarray) and self.want is not None and x.dtype != self.want \
+                and x.dtype.kind == "f" and self.want.kind == "f":
+            done.append(f"{x.dtype.name}->{self.want.name}")
+            x = x.astype(self.want)
+        nbytes = int(x.nbytes) if isinstance(x, np.ndarray) else int(self.r.nbytes or 0)
+        if self.upload:
+            x = self.dst.upload(x)
+            done.append("upload")
+        return x, f"{self.label}:" + ("+".join(done) or "handoff"), nbytes
+
+
+class _StageWorkers:
+    """Worker threads of one subgraph, each with its own executable context (started lazily)."""
+
+    def __init__(self, runner: "PlanRunner", k: int, n: int, name: str):
+        self._runner, self._k, self._n, self._name = runner, k, max(1, n), name
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, job) -> None:
+        if len(self._threads) < self._n:
+            with self._lock:
+                if len(self._threads) < self._n:
+                    t = threading.Thread(target=self._loop, name=f"{self._name}-w{len(self._threads)}", daemon=True)
+                    self._threads.append(t)
+                    t.start()
+        self._q.put(job)
+
+    def _loop(self) -> None:
+        ctx = self._runner.stages[self._k].exe.new_context()
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            feeds, done_q, want_profile = job
+            try:
+                res = self._runner._run_stage(self._k, feeds, ctx, want_profile)
+                done_q.put((self._k, res, None))
+            except BaseException as e:  # reported to the coordinator, never lost
+                done_q.put((self._k, None, e))
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._q.put(None)
+
+
+class _Stage:
+    __slots__ = ("sg", "exe", "device", "feeds", "out_reorders", "users", "workers")
+
+
+class PlanRunner:
+    """Runs a Plan: subgraph executables plus Reorders. ``new_context()`` / ``run(feeds, context,
+    profile)`` like a device Executable, so CompiledModel can wrap it."""
+
+    def __init__(self, plan: Plan, exes: list, devices: Mapping[str, Device], dev_cfgs: Mapping[str, Mapping]):
+        self.plan = plan
+        self.devices = dict(devices)
+        sgs = plan.subgraphs
+        takes_handles = {s.id: bool(getattr(exes[s.id], "accepts_device_inputs", False)) for s in sgs}
+        self.reorders = [_ReorderExec(r, devices, all(takes_handles[k] for k in r.dst_subgraphs) and bool(r.dst_subgraphs))
+                         for r in plan.reorders]
+        moved = {ro.key for ro in self.reorders}
+        self.input_reorders = [ro for ro in self.reorders if ro.r.src_subgraph is None]
+        self.stages: list[_Stage] = []
+        for s in sgs:
+            st = _Stage()
+            st.sg, st.exe, st.device = s, exes[s.id], s.device
+            # where each input comes from: a Reorder's result or the value as produced
+            st.feeds = tuple((v, (v, s.device) if (v, s.device) in moved else None) for v in s.inputs)
+            st.out_reorders = tuple(ro for ro in self.reorders if ro.r.src_subgraph == s.id)
+            st.users = tuple(t.id for t in sgs if s.id in t.deps)
+            n = devices[s.device].optimal_streams(dev_cfgs.get(s.device, {})) if s.device in devices else 1
+            st.workers = _StageWorkers(self, s.id, n, f"hetero-{s.label}-{s.device}")
+            self.stages.append(st)
+        g = plan.graph
+        self.outputs = tuple((v, (v, HOST) if (v, HOST) in moved else None) for v in g.output_names)
+        self.constants = g.initializers
+        self.loaded_from_cache = False
+
+    def new_context(self) -> _RunContext:
+        return _RunContext([st.exe.new_context() for st in self.stages])
+
+    def close(self) -> None:
+        for st in self.stages:
+            st.workers.close()
+
+    # ---- one subgraph (any thread) --------------------------------------------------------------
+    def _run_stage(self, k: int, feeds: dict, ctx: Any, want_profile: bool):
+        st = self.stages[k]
+        recs = [] if want_profile else None
+        perf = time.perf_counter
+        t0 = perf()
+        try:
+            out = st.exe.run(feeds, ctx, recs)
+        except HeteroError:
+            raise
+        except Exception as e:
+            raise InferError(f"{st.sg.label} on {st.device} failed: {type(e).__name__}: {e}") from e
+        t_run = perf() - t0
+        moved, rrecs = {}, []
+        for ro in st.out_reorders:
+            t1 = perf()
+            y, kind, nb = ro.apply(out[ro.r.value])
+            moved[ro.key] = y
+            if want_profile:
+                dt = perf() - t1
+                rrecs.append((ro.r.subgraph, ro.r.dst_device == HOST,
+                              ProfileRecord(f"subgraph{ro.r.subgraph}: {ro.r.name}", "Reorder", kind, dt, dt,
+                                            nbytes=nb)))
+        return out, moved, recs, rrecs, t_run
+
+    # ---- the coordinator ---------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, Any], context: Any = None, profile: list | None = None) -> dict[str, Any]:
+        pipeline = context is PIPELINE
+        sub_ctx = context.sub if isinstance(context, _RunContext) else None
+        want = profile is not None
+        env: dict[str, Any] = dict(feeds)
+        moved: dict[tuple, Any] = {}
+        rrecs: list = []
+        perf = time.perf_counter
+        # 1. graph inputs to their devices
+        for ro in self.input_reorders:
+            t1 = perf()
+            y, kind, nb = ro.apply(env[ro.r.value])
+            moved[ro.key] = y
+            if want:
+                dt = perf() - t1
+                rrecs.append((ro.r.subgraph, False, ProfileRecord(f"subgraph{ro.r.subgraph}: {ro.r.name}", "Reorder",
+                                                                  kind, dt, dt, nbytes=nb)))
+        # 2. subgraphs as their inputs become ready
+        n = len(self.stages)
+        remaining = [len(st.sg.deps) for st in self.stages]
+        ready = [k for k in range(n) if remaining[k] == 0]
+        done_q: queue.SimpleQueue = queue.SimpleQueue()
+        results: dict[int, tuple] = {}
+        inflight = 0
+        error: BaseException | None = None
+
+        def feeds_of(k: int) -> dict:
+            return {v: (moved[key] if key is not None else env[v]) for v, key in self.stages[k].feeds}
+
+        def complete(k: int, res) -> None:
+            out, mv, _recs, _rr, _t = res
+            results[k] = res
+            for v in self.stages[k].sg.outputs:
+                env[v] = out[v]
+            moved.update(mv)
+            for u in self.stages[k].users:
+                remaining[u] -= 1
+                if remaining[u] == 0:
+                    ready.append(u)
+
+        while len(results) < n:
+            if error is None and ready:
+                ready.sort()
+                if pipeline or sub_ctx is None:
+                    batch, inline = ready[:], None
+                else:
+                    inline, batch = ready[0], ready[1:]
+                ready.clear()
+                for k in batch:
+                    self.stages[k].workers.submit((feeds_of(k), done_q, want))
+                    inflight += 1
+                if inline is not None:
+                    try:
+                        complete(inline, self._run_stage(inline, feeds_of(inline), sub_ctx[inline], want))
+                    except BaseException as e:
+                        error = e
+                    continue
+            if inflight == 0:
+                break
+            k, res, exc = done_q.get()
+            inflight -= 1
+            if exc is not None:
+                error = error or exc
+            elif error is None:
+                complete(k, res)
+        if error is not None:
+            raise error
+        if len(results) < n:  # cannot happen for a checked plan
+            raise InferError(f"HETERO plan of {self.plan.graph.name!r}: subgraphs "
+                             f"{[k for k in range(n) if k not in results]} never became ready")
+        # 3. outputs, back on the host
+        outputs = {}
+        for v, key in self.outputs:
+            if key is not None:
+                outputs[v] = moved[key]
+            elif v in env:
+                outputs[v] = env[v]
+            else:
+                outputs[v] = self.constants[v]
+        if want:
+            profile.extend(self._profile(results, rrecs))
+        return outputs
+
+    def _profile(self, results: dict[int, tuple], input_rrecs: list) -> list[ProfileRecord]:
+        """Records in subgraph order: incoming Reorders, nodes, outgoing-to-host Reorders, the total."""
+        by_sg: dict[int, list[tuple[bool, ProfileRecord]]] = {}
+        for k, to_host, rec in input_rrecs:
+            by_sg.setdefault(k, []).append((to_host, rec))
+        for k in sorted(results):
+            for tgt, to_host, rec in results[k][3]:
+                by_sg.setdefault(tgt, []).append((to_host, rec))
+        out: list[ProfileRecord] = []
+        for k in sorted(results):
+            st = self.stages[k]
+            _out, _mv, recs, _rr, t_run = results[k]
+            mine = [rec for _h, rec in by_sg.get(k, [])]
+            incoming = [rec for h, rec in by_sg.get(k, []) if not h]
+            outgoing = [rec for h, rec in by_sg.get(k, []) if h]
+            out.extend(incoming)
+            for r in recs or ():
+                et = r.exec_type if str(r.exec_type).startswith(st.device) else f"{st.device}:{r.exec_type}"
+                out.append(ProfileRecord(f"{st.sg.label}: {r.node_name}", r.node_type, et, r.real_time, r.cpu_time,
+                                         r.status, r.nbytes))
+            out.extend(outgoing)
+            moved_t = sum(r.real_time for r in mine)
+            out.append(ProfileRecord(f"{st.sg.label}: total", "Subgraph", st.device, t_run + moved_t,
+                                     t_run + moved_t, "EXECUTED", sum(r.nbytes for r in mine)))
+        return out
+
+
+class _Drivers:
+    """Threads that drive async requests through the plan; one more starts only when all are busy."""
+
+    def __init__(self, name: str):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = 0
+        self._n = 0
+        self._lock = threading.Lock()
+        self._name = name
+
+    def submit(self, fn, arg) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+            else:
+                self._n += 1
+                threading.Thread(target=self._loop, name=f"{self._name}-driver{self._n}", daemon=True).start()
+        self._q.put((fn, arg))
+
+    def _loop(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            fn, arg = job
+            try:
+                fn(arg)
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+    def close(self) -> None:
+        with self._lock:
+            n = self._n
+        for _ in range(n):
+            self._q.put(None)
+
+
+class HeteroCompiledModel(CompiledModel):
+    """A CompiledModel over a PlanRunner: async requests pipeline through per-subgraph workers.
+
+    ``plan``: the Plan; ``assignment``: the affinity Assignment; ``why(node)``: the reason a node
+    went where it did; ``placements()``: {node: (device, reason)}."""
+
+    def __init__(self, *args, plan: Plan, assignment: Assignment, **kw):
+        super().__init__(*args, **kw)
+        self.plan = plan
+        self.assignment = assignment
+        self.dump_files: dict = {}
+        self._drivers = _Drivers(self._device_name)
+
+    def _submit(self, request, body) -> None:
+        self._drivers.submit(body, PIPELINE)
+
+    def why(self, node: str) -> str:
+        if node not in self.assignment.device:
+            raise KeyError(f"no node {node!r} in {self._graph.name!r}: " + suggest(node, self.assignment.device))
+        return self.assignment.reason[node]
+
+    def placements(self) -> dict[str, tuple[str, str]]:
+        return {n: (d, self.assignment.reason[n]) for n, d in self.assignment.device.items()}
+
+    def release(self) -> None:
+        super().release()
+        self._runner.close()
+        self._drivers.close()
