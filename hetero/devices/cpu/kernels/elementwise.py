@@ -30,14 +30,6 @@ def _arr(r, dtype=None) -> np.ndarray:
     return r
 
 
-def _compute_dtype(x: np.ndarray):
-    """The dtype transcendental math runs in: float16/32/64 as themselves, ml_dtypes floats in float32."""
-    k = x.dtype.kind
-    if k == "f":
-        return x.dtype
-    return np.dtype(np.float32) if k == "V" else np.dtype(np.float64)
-
-
 def _fwork(x: np.ndarray) -> np.ndarray:
     """``x`` in a dtype numpy ufuncs handle natively (bfloat16/float8 -> float32)."""
     if x.dtype.kind == "V":
@@ -321,8 +313,6 @@ def _pow(x, y):
                     return _arr(np.square(x).reshape(np.broadcast_shapes(x.shape, y.shape)), dt)
                 if v == 1.0:
                     return x.reshape(np.broadcast_shapes(x.shape, y.shape))
-                if v == 0.5:
-                    return _arr(np.sqrt(x).reshape(np.broadcast_shapes(x.shape, y.shape)), dt)
             if yk in _INT_KINDS or (yk == "f" and y.dtype.itemsize < dt.itemsize):
                 y = y.astype(dt)
             return _arr(np.power(x, y), dt)
