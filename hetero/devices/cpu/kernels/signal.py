@@ -44,9 +44,7 @@ def _dft(x, dft_length, axis, inverse, onesided):
     if n is not None and n <= 0:
         raise ValueError(f"dft_length must be positive, got {n}")
     if onesided and inverse:
-        if is_real:
-            # treat the real input as a complex one-sided spectrum with zero imaginary part
-            pass
+        # IRFFT: a one-sided spectrum (a real input counts as zero imaginary part) -> a real signal
         m = c.shape[ax]
         nn = n if n is not None else 2 * (m - 1)
         if nn <= 0:
