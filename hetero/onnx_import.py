@@ -114,10 +114,13 @@ def graph_from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None, wh
             raise ModelError(f"{where}: node {n.name or '<unnamed>'!r} ({n.op_type}) uses unknown op domain "
                              f"{n.domain!r}; known domains: {[d or 'ai.onnx' for d in KNOWN_DOMAINS[:3]]}")
     default_opset = opsets.get("", opsets.get("ai.onnx"))
-    if default_opset is None:
-        raise ModelError(f"{where}: model imports no default-domain (ai.onnx) opset")
     max_opset = onnx.defs.onnx_opset_version()
-    if default_opset < 1 or default_opset > max_opset:
+    if default_opset is None:
+        if not opsets:
+            raise ModelError(f"{where}: model imports no opset at all (opset_import is empty)")
+        # e.g. an ai.onnx.ml-only model: standard ops cannot appear, so any default opset will do
+        opsets[""] = max_opset
+    elif default_opset < 1 or default_opset > max_opset:
         raise ModelError(f"{where}: opset {default_opset} is outside the supported range 1..{max_opset}")
     # 4. checker + shape inference
     if check:
