@@ -112,7 +112,7 @@ def graph_from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None, wh
     for n in _all_nodes(proto.graph):
         if n.domain not in KNOWN_DOMAINS and n.domain not in local_domains:
             raise ModelError(f"{where}: node {n.name or '<unnamed>'!r} ({n.op_type}) uses unknown op domain "
-                             f"{n.domain!r}; known domains: {[d or 'ai.onnx' for d in KNOWN_DOMAINS[:3]]}")
+                             f"{n.domain!r}; known domains: {sorted({d or 'ai.onnx' for d in KNOWN_DOMAINS} | local_domains)}")
     default_opset = opsets.get("", opsets.get("ai.onnx"))
     max_opset = onnx.defs.onnx_opset_version()
     if default_opset is None:
