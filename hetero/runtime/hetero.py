@@ -309,11 +309,12 @@ class _ReorderExec:
         self.want = np.dtype(r.dst_dtype) if r.dst_dtype else None
         self.upload = r.transfer in ("upload", "device-to-device") and dst_takes_handles
         self.layout = r.src_layout != r.dst_layout
-        self.label = f"{r.src_device}->{r.dst_device}"
+        self.label = f"{r.src_device}->{r.dst_device}:"
+        self.src_device_memory = self.src is not None and not _host_memory(self.src)
 
     def apply(self, x: Any) -> tuple[Any, str, int]:
         done = []
-        if self.src is not None and x is not None and not isinstance(x, (np.ndarray, list, tuple, np.generic)):
+        if self.src_device_memory and x is not None and not isinstance(x, (np.ndarray, list, tuple, np.generic)):
             x = self.src.download(x)  # a device handle the source executable kept in its memory
             done.append("download")
         if self.layout:
@@ -321,15 +322,16 @@ class _ReorderExec:
             if conv is not None:
                 x = conv(x)
                 done.append(f"{self.r.src_layout}->{self.r.dst_layout}")
-        if isinstance(x, np.ndarray) and self.want is not None and x.dtype != self.want \
-                and x.dtype.kind == "f" and self.want.kind == "f":
-            done.append(f"{x.dtype.name}->{self.want.name}")
-            x = x.astype(self.want)
+        want = self.want
+        if want is not None and type(x) is np.ndarray and x.dtype != want and x.dtype.kind == "f" \
+                and want.kind == "f":
+            done.append(f"{x.dtype.name}->{want.name}")
+            x = x.astype(want)
         nbytes = int(x.nbytes) if isinstance(x, np.ndarray) else int(self.r.nbytes or 0)
         if self.upload:
             x = self.dst.upload(x)
             done.append("upload")
-        return x, f"{self.label}:" + ("+".join(done) or "handoff"), nbytes
+        return x, self.label + ("+".join(done) or "handoff"), nbytes
 
 
 class _StageWorkers:
@@ -396,6 +398,8 @@ class PlanRunner:
             n = devices[s.device].optimal_streams(dev_cfgs.get(s.device, {})) if s.device in devices else 1
             st.workers = _StageWorkers(self, s.id, n, f"hetero-{s.label}-{s.device}")
             self.stages.append(st)
+        # a chain: every subgraph needs the one before, so nothing can ever run side by side
+        self._chain = all(k - 1 in st.sg.deps for k, st in enumerate(self.stages) if k > 0)
         g = plan.graph
         self.outputs = tuple((v, (v, HOST) if (v, HOST) in moved else None) for v in g.output_names)
         self.constants = g.initializers
@@ -421,54 +425,86 @@ class PlanRunner:
         except Exception as e:
             raise InferError(f"{st.sg.label} on {st.device} failed: {type(e).__name__}: {e}") from e
         t_run = perf() - t0
-        moved, rrecs = {}, []
+        moved: dict = {}
+        rrecs: list | None = [] if want_profile else None
         for ro in st.out_reorders:
-            t1 = perf()
-            y, kind, nb = ro.apply(out[ro.r.value])
-            moved[ro.key] = y
-            if want_profile:
-                dt = perf() - t1
-                rrecs.append((ro.r.subgraph, ro.r.dst_device == HOST,
-                              ProfileRecord(f"subgraph{ro.r.subgraph}: {ro.r.name}", "Reorder", kind, dt, dt,
-                                            nbytes=nb)))
-        return out, moved, recs, rrecs, t_run
+            self._move(ro, out[ro.r.value], moved, rrecs, ro.r.dst_device == HOST)
+        return out, moved, recs, rrecs or (), t_run
 
     # ---- the coordinator ---------------------------------------------------------------------------
+    def _move(self, ro: _ReorderExec, x: Any, moved: dict, rrecs: list | None, to_host: bool) -> None:
+        if rrecs is None:
+            moved[ro.key] = ro.apply(x)[0]
+            return
+        t1 = time.perf_counter()
+        y, kind, nb = ro.apply(x)
+        dt = time.perf_counter() - t1
+        moved[ro.key] = y
+        rrecs.append((ro.r.subgraph, to_host, ProfileRecord(f"subgraph{ro.r.subgraph}: {ro.r.name}", "Reorder", kind,
+                                                            dt, dt, nbytes=nb)))
+
     def run(self, feeds: Mapping[str, Any], context: Any = None, profile: list | None = None) -> dict[str, Any]:
+        """Run the plan on host arrays ``feeds``; return the graph outputs on the host.
+
+        1. graph inputs go through their Reorders to their devices;
+        2. subgraphs run as their inputs become ready: a chain plan (each subgraph needs the one
+           before) runs straight through in this thread; otherwise this thread runs the first ready
+           subgraph and hands the others to their workers; under PIPELINE (async) every subgraph goes
+           to its worker queue, so different requests occupy different subgraphs at once;
+        3. outputs are gathered (through their Reorders to the host) and profiling assembled."""
         pipeline = context is PIPELINE
         sub_ctx = context.sub if isinstance(context, _RunContext) else None
         want = profile is not None
         env: dict[str, Any] = dict(feeds)
         moved: dict[tuple, Any] = {}
-        rrecs: list = []
-        perf = time.perf_counter
-        # 1. graph inputs to their devices
+        rrecs: list | None = [] if want else None
+        # 1.
         for ro in self.input_reorders:
-            t1 = perf()
-            y, kind, nb = ro.apply(env[ro.r.value])
-            moved[ro.key] = y
-            if want:
-                dt = perf() - t1
-                rrecs.append((ro.r.subgraph, False, ProfileRecord(f"subgraph{ro.r.subgraph}: {ro.r.name}", "Reorder",
-                                                                  kind, dt, dt, nbytes=nb)))
-        # 2. subgraphs as their inputs become ready
+            self._move(ro, env[ro.r.value], moved, rrecs, False)
+        # 2.
+        results: dict[int, tuple] = {}
+        stages = self.stages
+
+        def feeds_of(k: int) -> dict:
+            return {v: (moved[key] if key is not None else env[v]) for v, key in stages[k].feeds}
+
+        if self._chain and not pipeline and sub_ctx is not None:
+            for k, st in enumerate(stages):
+                res = self._run_stage(k, feeds_of(k), sub_ctx[k], want)
+                results[k] = res
+                out = res[0]
+                for v in st.sg.outputs:
+                    env[v] = out[v]
+                moved.update(res[1])
+        else:
+            self._schedule(env, moved, results, feeds_of, pipeline, sub_ctx, want)
+        # 3.
+        outputs = {}
+        for v, key in self.outputs:
+            if key is not None:
+                outputs[v] = moved[key]
+            elif v in env:
+                outputs[v] = env[v]
+            else:
+                outputs[v] = self.constants[v]
+        if want:
+            profile.extend(self._profile(results, rrecs))
+        return outputs
+
+    def _schedule(self, env, moved, results, feeds_of, pipeline: bool, sub_ctx, want: bool) -> None:
         n = len(self.stages)
         remaining = [len(st.sg.deps) for st in self.stages]
         ready = [k for k in range(n) if remaining[k] == 0]
         done_q: queue.SimpleQueue = queue.SimpleQueue()
-        results: dict[int, tuple] = {}
         inflight = 0
         error: BaseException | None = None
 
-        def feeds_of(k: int) -> dict:
-            return {v: (moved[key] if key is not None else env[v]) for v, key in self.stages[k].feeds}
-
         def complete(k: int, res) -> None:
-            out, mv, _recs, _rr, _t = res
             results[k] = res
+            out = res[0]
             for v in self.stages[k].sg.outputs:
                 env[v] = out[v]
-            moved.update(mv)
+            moved.update(res[1])
             for u in self.stages[k].users:
                 remaining[u] -= 1
                 if remaining[u] == 0:
@@ -488,7 +524,7 @@ class PlanRunner:
                 if inline is not None:
                     try:
                         complete(inline, self._run_stage(inline, feeds_of(inline), sub_ctx[inline], want))
-                    except BaseException as e:
+                    except BaseException as e:  # let the others finish before raising
                         error = e
                     continue
             if inflight == 0:
@@ -504,23 +540,11 @@ class PlanRunner:
         if len(results) < n:  # cannot happen for a checked plan
             raise InferError(f"HETERO plan of {self.plan.graph.name!r}: subgraphs "
                              f"{[k for k in range(n) if k not in results]} never became ready")
-        # 3. outputs, back on the host
-        outputs = {}
-        for v, key in self.outputs:
-            if key is not None:
-                outputs[v] = moved[key]
-            elif v in env:
-                outputs[v] = env[v]
-            else:
-                outputs[v] = self.constants[v]
-        if want:
-            profile.extend(self._profile(results, rrecs))
-        return outputs
 
     def _profile(self, results: dict[int, tuple], input_rrecs: list) -> list[ProfileRecord]:
         """Records in subgraph order: incoming Reorders, nodes, outgoing-to-host Reorders, the total."""
         by_sg: dict[int, list[tuple[bool, ProfileRecord]]] = {}
-        for k, to_host, rec in input_rrecs:
+        for k, to_host, rec in input_rrecs or ():
             by_sg.setdefault(k, []).append((to_host, rec))
         for k in sorted(results):
             for tgt, to_host, rec in results[k][3]:
