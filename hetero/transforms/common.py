@@ -12,13 +12,6 @@ RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "Ra
                         "Bernoulli", "Multinomial", "Dropout"})
 
 
-def node_opset(graph: Graph, node: Node) -> int:
-    """The opset version that governs ``node`` (its domain's import, default domain otherwise)."""
-    if node.domain in ("", "ai.onnx"):
-        return graph.opset
-    return int(graph.opsets.get(node.domain, 1))
-
-
 def subgraph_reads(graph: Graph) -> frozenset[str]:
     """Values of ``graph`` that some If/Loop/Scan body reads from the enclosing scope.
 

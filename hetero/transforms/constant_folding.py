@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import Graph, Node, TensorInfo, subgraphs_of
-from .common import RANDOM_OPS, node_opset, rebuild
+from .common import RANDOM_OPS, rebuild
 
 #: largest result (all outputs of one node together) kept as a folded constant
 MAX_FOLD_BYTES = 16 * 1024 * 1024
@@ -39,7 +39,8 @@ MAX_FOLD_BYTES = 16 * 1024 * 1024
 
 def fold_constants(graph: Graph) -> Graph:
     """Fold constant subexpressions into initializers (see the module docstring)."""
-    from ..devices.cpu import registry as cpu_registry
+    # the CPU plugin's kernel table (imported here, not at module level: devices sit above transforms)
+    from ..devices import cpu
 
     consts: dict[str, Any] = dict(graph.initializers)
     outputs = set(graph.output_names)
@@ -47,7 +48,7 @@ def fold_constants(graph: Graph) -> Graph:
     folded: list[Node] = []
     new_info: dict[str, TensorInfo] = {}
     for node in graph.nodes:
-        values = _try_fold(graph, node, consts, outputs, cpu_registry)
+        values = _try_fold(graph, node, consts, outputs, cpu)
         if values is None:
             kept.append(node)
             continue
@@ -65,7 +66,7 @@ def fold_constants(graph: Graph) -> Graph:
 
 
 def _try_fold(graph: Graph, node: Node, consts: dict[str, Any], outputs: set[str],
-              cpu_registry) -> list[np.ndarray] | None:
+              cpu) -> list[np.ndarray] | None:
     """The node's output values if it folds, else None."""
     if any(o in outputs for o in node.outputs) or node.op_type in RANDOM_OPS or subgraphs_of(node):
         return None
@@ -82,11 +83,11 @@ def _try_fold(graph: Graph, node: Node, consts: dict[str, Any], outputs: set[str
     if est is not None and est > MAX_FOLD_BYTES:
         return None
     # 2. run the CPU kernel exactly as the CPU executor would
-    opset = node_opset(graph, node)
-    entry = cpu_registry.lookup(node.op_type, node.domain, opset)
-    if entry is None or "_run_graph" in entry.context:
+    if cpu.unsupported_reason(graph, node) is not None:
         return None
-    if entry.attrs is not None and set(node.attrs) - entry.attrs:
+    opset = cpu._node_opset(graph, node)
+    entry = cpu.registry.lookup(node.op_type, node.domain, opset)
+    if "_run_graph" in entry.context:
         return None
     kwargs = dict(node.attrs)
     if "_num_outputs" in entry.context:
