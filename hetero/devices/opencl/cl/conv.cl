@@ -1,0 +1,57 @@
+// conv.cl: the pieces of convolution that are not a GEMM.
+//
+// im2col   unfolds X[n] (C, H, W) into Col[n] (C*KH*KW, OH*OW): row (c, kh, kw), column (oy, ox);
+//          zero where the tap falls into padding. The GEMM kernel then multiplies W (Cout, C*KH*KW).
+//          One work-item per (oy, row, n), looping over ox (the inner loop vectorises on CPUs).
+// dwconv   depthwise convolution (group == C_in, `mult` output channels per input channel), direct:
+//          one work-item per (oy, output channel, n), looping over ox; bias, residual and activation
+//          are applied in the same pass (flags: 1 = bias, 2 = residual).
+
+__kernel void im2col(__global const T* X, int x_off, __global T* Col, int col_off,
+                     int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                     int OH, int OW) {
+    const int oy = (int)get_global_id(0);
+    const int row = (int)get_global_id(1);
+    const int n = (int)get_global_id(2);
+    const int kw = row % KW;
+    const int kh = (row / KW) % KH;
+    const int c = row / (KW * KH);
+    const int iy = oy * SH - PH + kh * DH;
+    const int xb = x_off + (n * C + c) * H * W + iy * W;
+    const int ob = col_off + (n * C * KH * KW + row) * OH * OW + oy * OW;
+    const bool rowok = iy >= 0 && iy < H;
+    for (int ox = 0; ox < OW; ++ox) {
+        const int ix = ox * SW - PW + kw * DW;
+        const float v = (rowok && ix >= 0 && ix < W) ? LD(X, xb + ix) : 0.0f;
+        ST(Col, ob + ox, v);
+    }
+}
+
+__kernel void dwconv(__global const T* X, int x_off, __global const T* Wt, int w_off,
+                     __global const T* bias, int bias_off, __global const T* R, int r_off,
+                     __global T* Y, int y_off,
+                     int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                     int OH, int OW, int mult, int flags, int act, float p0, float p1) {
+    const int oy = (int)get_global_id(0);
+    const int co = (int)get_global_id(1);
+    const int n = (int)get_global_id(2);
+    const int ci = co / mult;
+    const int cout = C * mult;
+    const int xb = x_off + (n * C + ci) * H * W;
+    const int wb = w_off + co * KH * KW;
+    const int yb = (n * cout + co) * OH * OW + oy * OW;
+    const float b = (flags & 1) ? LD(bias, bias_off + co) : 0.0f;
+    for (int ox = 0; ox < OW; ++ox) {
+        float acc = b;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int iy = oy * SH - PH + kh * DH;
+            if (iy < 0 || iy >= H) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int ix = ox * SW - PW + kw * DW;
+                if (ix >= 0 && ix < W) acc += LD(X, xb + iy * W + ix) * LD(Wt, wb + kh * KW + kw);
+            }
+        }
+        if (flags & 2) acc += LD(R, r_off + yb + ox);
+        ST(Y, y_off + yb + ox, act_fn(acc, act, p0, p1));
+    }
+}

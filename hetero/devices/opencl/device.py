@@ -1,0 +1,196 @@
+"""The GPU plugin: one ``GPU.N`` device per OpenCL device (pyopencl), real GPUs first."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...errors import DeviceError, UnsupportedOpError
+from ...ir import Graph
+from ..base import Device
+from .plan import DeviceCaps, build_plan
+
+AUTO_PRIORITY = {"discrete": 30, "integrated": 20, "accelerator": 15, "cpu-opencl": 10}
+_TYPE_ORDER = {"discrete": 0, "integrated": 1, "accelerator": 2, "cpu-opencl": 3}
+
+
+def device_kind(cl_device) -> str:
+    """discrete / integrated / accelerator / cpu-opencl."""
+    import pyopencl as cl
+
+    t = cl_device.type
+    if t & cl.device_type.GPU:
+        try:
+            unified = bool(cl_device.host_unified_memory)
+        except Exception:
+            unified = False
+        return "integrated" if unified else "discrete"
+    if t & cl.device_type.CPU:
+        return "cpu-opencl"
+    return "accelerator"
+
+
+@dataclass
+class DeviceTensor:
+    """A tensor in device memory (``upload`` / ``download``); ``dtype`` is the device storage type."""
+
+    buffer: Any
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class OpenCLDevice(Device):
+    family = "GPU"
+    readable = Device.readable + ("DEVICE_MEMORY_SIZE", "COMPUTE_UNITS", "DEVICE_ARCHITECTURE")
+
+    def __init__(self, name: str, cl_device):
+        self.name = name
+        self.cl_device = cl_device
+        self.kind = device_kind(cl_device)
+        self.auto_priority = AUTO_PRIORITY[self.kind]
+        self._context = None
+        self._ctx_lock = threading.Lock()
+        self._queue = None
+        super().__init__()
+
+    @property
+    def context(self):
+        with self._ctx_lock:
+            if self._context is None:
+                import pyopencl as cl
+
+                self._context = cl.Context([self.cl_device])
+            return self._context
+
+    # ---- properties -------------------------------------------------------------------------------
+    @property
+    def has_fp16(self) -> bool:
+        return "cl_khr_fp16" in (self.cl_device.extensions or "")
+
+    def read_only_property(self, key: str) -> Any:
+        d = self.cl_device
+        if key == "FULL_DEVICE_NAME":
+            return f"{d.name.strip()} ({d.platform.name.strip()})"
+        if key == "DEVICE_TYPE":
+            return self.kind
+        if key == "OPTIMIZATION_CAPABILITIES":
+            # f16 storage needs only vload_half/vstore_half (core OpenCL): usable everywhere
+            return ["FP32", "FP16"] + (["FP16_ARITHMETIC"] if self.has_fp16 else [])
+        if key == "DEVICE_MEMORY_SIZE":
+            return int(d.global_mem_size)
+        if key == "COMPUTE_UNITS":
+            return int(d.max_compute_units)
+        if key == "DEVICE_ARCHITECTURE":
+            return f"{d.vendor.strip()} {d.version.strip()}"
+        if key == "RANGE_FOR_STREAMS":
+            return (1, 8)
+        if key == "RANGE_FOR_ASYNC_INFER_REQUESTS":
+            return (1, 64, 1)
+        if key == "AVAILABLE_DEVICES":
+            return [self.name.split(".")[-1]]
+        return super().read_only_property(key)
+
+    def optimal_streams(self, config: Mapping[str, Any]) -> int:
+        n = config.get("NUM_STREAMS", "AUTO")
+        if n != "AUTO":
+            return int(n)
+        if config.get("PERFORMANCE_HINT", "LATENCY") in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+            # two queues: one computes while the host side of the other uploads, reads and launches
+            cap = int(config.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
+            return min(2, cap) if cap else 2
+        return 1
+
+    def caps(self, config: Mapping[str, Any] | None = None) -> DeviceCaps:
+        cfg = config or {}
+        d = self.cl_device
+        is_cpu = self.kind == "cpu-opencl"
+        gemm = os.environ.get("HETERO_OCL_GEMM", "") or ("reg" if is_cpu else "local")
+        return DeviceCaps(is_cpu=is_cpu, fp16=self.has_fp16,
+                          half_mode=str(cfg.get("INFERENCE_PRECISION_HINT", "f32")).lower() == "f16",
+                          compute_units=int(d.max_compute_units), max_work_group=int(d.max_work_group_size),
+                          local_mem=int(d.local_mem_size), gemm_kernel=gemm, max_alloc=int(d.max_mem_alloc_size))
+
+    # ---- the plugin contract -----------------------------------------------------------------------
+    def query(self, graph: Graph) -> dict[str, bool | str]:
+        plan = build_plan(graph, self.caps(self._config), lenient=True)
+        return {n.name: plan.reasons.get(n.name, True) for n in graph.nodes}
+
+    def compile(self, graph: Graph, config: Mapping[str, Any] | None = None):
+        from .executable import OpenCLExecutable
+
+        t0 = time.perf_counter()
+        cfg = self.config(config)
+        caps = self.caps(cfg)
+        plan = build_plan(graph, caps, lenient=True)
+        if plan.reasons:
+            nodes = {k: {self.name: v} for k, v in plan.reasons.items()}
+            lines = "; ".join(f"{k}: {v}" for k, v in list(plan.reasons.items())[:20])
+            raise UnsupportedOpError(f"{self.name} cannot run {len(nodes)} node(s) of {graph.name!r}: {lines}", nodes)
+        exe = OpenCLExecutable(self, graph, plan, caps, cfg)
+        exe.compile_time = time.perf_counter() - t0
+        return exe
+
+    def upload(self, array: np.ndarray) -> DeviceTensor:
+        import pyopencl as cl
+
+        from .plan import SLACK_BYTES
+
+        a = np.ascontiguousarray(array)
+        if a.dtype == np.bool_:
+            a = a.view(np.uint8)
+        buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=a.nbytes + SLACK_BYTES)
+        with self._ctx_lock:
+            if self._queue is None:
+                self._queue = cl.CommandQueue(self._context, self.cl_device)
+            q = self._queue
+        if a.nbytes:
+            cl.enqueue_copy(q, buf, a)
+        return DeviceTensor(buf, tuple(a.shape), a.dtype)
+
+    def download(self, handle: DeviceTensor) -> np.ndarray:
+        import pyopencl as cl
+
+        if not isinstance(handle, DeviceTensor):
+            raise DeviceError(f"{self.name}: download expects a DeviceTensor from upload(), got {type(handle).__name__}")
+        out = np.empty(handle.shape, handle.dtype)
+        with self._ctx_lock:
+            if self._queue is None:
+                self._queue = cl.CommandQueue(self.context, self.cl_device)
+            q = self._queue
+        if out.nbytes:
+            cl.enqueue_copy(q, out, handle.buffer)
+        return out
+
+
+def discover() -> list[OpenCLDevice]:
+    """Every OpenCL device as GPU.0, GPU.1, ...: discrete GPUs, then integrated, then accelerators, then
+    CPU implementations; [] when pyopencl or an OpenCL platform is missing (never raises)."""
+    if os.environ.get("HETERO_DISABLE_OPENCL", "") not in ("", "0"):
+        return []
+    try:
+        import pyopencl as cl
+    except Exception:
+        return []
+    found = []
+    try:
+        platforms = cl.get_platforms()
+    except Exception:
+        return []
+    for pi, p in enumerate(platforms):
+        try:
+            devs = p.get_devices()
+        except Exception:
+            continue
+        for di, d in enumerate(devs):
+            try:
+                if not d.available:
+                    continue
+                found.append((_TYPE_ORDER[device_kind(d)], pi, di, d))
+            except Exception:
+                continue
+    found.sort(key=lambda t: t[:3])
+    return [OpenCLDevice(f"GPU.{i}", d) for i, (_, _, _, d) in enumerate(found)]

@@ -1,0 +1,314 @@
+"""Broadcasting elementwise ops: one table row per op, one OpenCL kernel (cl/elementwise.cl) for all.
+
+A row gives the op's arity, its OpenCL C expression over compute-type values ``x, y, z`` (and the
+kernel arguments ``p0, p1`` filled from attributes), the element kinds it accepts ("f" float32/16,
+"i" integers, "b" bool) and whether it yields bool. Each (expression, types, broadcast pattern) is
+one program build, shared by every node that needs it.
+
+Broadcasting: the output shape and each input's (numpy-broadcast) strides are collapsed -- adjacent
+axes merge when every operand is contiguous or broadcast across both -- to at most 5 outer axes plus
+one inner axis on which every input has stride 1 or 0 (traced: [2,3,4,5] + [1,3,1,1] -> outer (2, 3)
+inner 20, strides a (60, 20 | 1), b (0, 1 | 0)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..plan import CL_TYPES, FLOATS, BufRef, NodeBuilder, Unsupported, chunks_for, planner, prod
+
+Expr = str | Callable[[NodeBuilder], str]
+
+
+@dataclass(frozen=True)
+class EW:
+    op: str
+    arity: int            # 1, 2, 3, or -1 (variadic, folded pairwise)
+    expr: dict            # kind ("f", "i", "b") -> expression (or callable(nb) -> expression)
+    bool_out: bool = False
+    params: Callable[[NodeBuilder], tuple[float, float]] | None = None
+
+
+def _p(*names_defaults):
+    def get(nb: NodeBuilder):
+        vals = [float(nb.attr(n, d)) for n, d in names_defaults]
+        return tuple(vals + [0.0] * (2 - len(vals)))
+    return get
+
+
+def _gelu(nb: NodeBuilder) -> str:
+    if nb.attr("approximate", "none") == "tanh":
+        return "0.5f*x*(1.0f+tanh(0.7978845608028654f*(x+0.044715f*x*x*x)))"
+    return "0.5f*x*(1.0f+erf(x*0.7071067811865476f))"
+
+
+F = "f"
+_MAXF = "((x>y||isnan(x))?x:y)"
+_MINF = "((x<y||isnan(x))?x:y)"
+
+TABLE: dict[str, EW] = {r.op: r for r in [
+    # binary arithmetic
+    EW("Add", 2, {"f": "x+y", "i": "x+y"}),
+    EW("Sub", 2, {"f": "x-y", "i": "x-y"}),
+    EW("Mul", 2, {"f": "x*y", "i": "x*y"}),
+    EW("Div", 2, {"f": "x/y"}),
+    EW("Pow", 2, {"f": "pow(x,y)"}),
+    EW("PRelu", 2, {"f": "(x<0.0f?x*y:x)"}),
+    EW("Mod", 2, {"f": "fmod(x,y)"}),
+    # variadic
+    EW("Sum", -1, {"f": "x+y", "i": "x+y"}),
+    EW("Mean", -1, {"f": "x+y"}),
+    EW("Max", -1, {"f": _MAXF, "i": "(x>y?x:y)"}),
+    EW("Min", -1, {"f": _MINF, "i": "(x<y?x:y)"}),
+    # comparisons and logic (bool results)
+    EW("Equal", 2, {"f": "x==y", "i": "x==y", "b": "x==y"}, bool_out=True),
+    EW("Less", 2, {"f": "x<y", "i": "x<y"}, bool_out=True),
+    EW("Greater", 2, {"f": "x>y", "i": "x>y"}, bool_out=True),
+    EW("LessOrEqual", 2, {"f": "x<=y", "i": "x<=y"}, bool_out=True),
+    EW("GreaterOrEqual", 2, {"f": "x>=y", "i": "x>=y"}, bool_out=True),
+    EW("And", 2, {"b": "(x&&y)"}, bool_out=True),
+    EW("Or", 2, {"b": "(x||y)"}, bool_out=True),
+    EW("Xor", 2, {"b": "((x!=0)!=(y!=0))"}, bool_out=True),
+    EW("Not", 1, {"b": "(x==0)"}, bool_out=True),
+    EW("IsNaN", 1, {"f": "isnan(x)"}, bool_out=True),
+    EW("IsInf", 1, {"f": "(isinf(x)&&((x>0&&p0!=0)||(x<0&&p1!=0)))"}, bool_out=True,
+       params=_p(("detect_positive", 1), ("detect_negative", 1))),
+    # unary math
+    EW("Relu", 1, {"f": "(x<0.0f?0.0f:x)", "i": "(x<0?0:x)"}),
+    EW("Neg", 1, {"f": "-x", "i": "-x"}),
+    EW("Abs", 1, {"f": "fabs(x)", "i": "(x<0?-x:x)"}),
+    EW("Sign", 1, {"f": "(x>0.0f?1.0f:(x<0.0f?-1.0f:x))", "i": "(x>0?1:(x<0?-1:0))"}),
+    EW("Exp", 1, {F: "exp(x)"}),
+    EW("Log", 1, {F: "log(x)"}),
+    EW("Sqrt", 1, {F: "sqrt(x)"}),
+    EW("Reciprocal", 1, {F: "1.0f/x"}),
+    EW("Floor", 1, {F: "floor(x)"}),
+    EW("Ceil", 1, {F: "ceil(x)"}),
+    EW("Round", 1, {F: "rint(x)"}),
+    EW("Erf", 1, {F: "erf(x)"}),
+    EW("Sin", 1, {F: "sin(x)"}),
+    EW("Cos", 1, {F: "cos(x)"}),
+    EW("Tan", 1, {F: "tan(x)"}),
+    EW("Asin", 1, {F: "asin(x)"}),
+    EW("Acos", 1, {F: "acos(x)"}),
+    EW("Atan", 1, {F: "atan(x)"}),
+    EW("Sinh", 1, {F: "sinh(x)"}),
+    EW("Cosh", 1, {F: "cosh(x)"}),
+    EW("Asinh", 1, {F: "asinh(x)"}),
+    EW("Acosh", 1, {F: "acosh(x)"}),
+    EW("Atanh", 1, {F: "atanh(x)"}),
+    EW("Sigmoid", 1, {F: "1.0f/(1.0f+exp(-x))"}),
+    EW("Tanh", 1, {F: "tanh(x)"}),
+    EW("Softplus", 1, {F: "log(exp(x)+1.0f)"}),
+    EW("Softsign", 1, {F: "x/(1.0f+fabs(x))"}),
+    EW("Mish", 1, {F: "x*tanh(log1p(exp(x)))"}),
+    EW("Gelu", 1, {F: _gelu}),
+    EW("Elu", 1, {F: "(x<0.0f?p0*(exp(x)-1.0f):x)"}, params=_p(("alpha", 1.0))),
+    EW("Selu", 1, {F: "(x<=0.0f?p1*(p0*exp(x)-p0):p1*x)"},
+       params=_p(("alpha", 1.67326319217681884765625), ("gamma", 1.05070102214813232421875))),
+    EW("Celu", 1, {F: "(fmax(0.0f,x)+fmin(0.0f,p0*(exp(x/p0)-1.0f)))"}, params=_p(("alpha", 1.0))),
+    EW("LeakyRelu", 1, {F: "(x<0.0f?p0*x:x)"}, params=_p(("alpha", 0.01))),
+    EW("ThresholdedRelu", 1, {F: "(x>p0?x:0.0f)"}, params=_p(("alpha", 1.0))),
+    EW("HardSigmoid", 1, {F: "fmax(0.0f,fmin(1.0f,p0*x+p1))"}, params=_p(("alpha", 0.2), ("beta", 0.5))),
+    EW("HardSwish", 1, {F: "x*fmax(0.0f,fmin(1.0f,x*(1.0f/6.0f)+0.5f))"}),
+]}
+
+INT_CT = {np.dtype(np.int8): "int", np.dtype(np.int16): "int", np.dtype(np.int32): "int",
+          np.dtype(np.int64): "long", np.dtype(np.uint8): "uint", np.dtype(np.uint16): "uint",
+          np.dtype(np.uint32): "uint", np.dtype(np.uint64): "ulong"}
+
+
+def kind_of(dtype: np.dtype) -> str:
+    dtype = np.dtype(dtype)
+    if dtype in FLOATS:
+        return "f"
+    if dtype == np.bool_:
+        return "b"
+    if dtype in INT_CT:
+        return "i"
+    return "?"
+
+
+def compute_type(dtype: np.dtype) -> str:
+    k = kind_of(dtype)
+    return {"f": "float", "b": "uchar"}.get(k) or INT_CT[np.dtype(dtype)]
+
+
+# ---- broadcasting layout -----------------------------------------------------------------------
+
+def broadcast_layout(out_shape, in_shapes) -> tuple[list[int], list[list[int]]]:
+    """(dims, strides per input) after dropping size-1 output axes and merging compatible ones."""
+    rank = len(out_shape)
+    strides_all = []
+    for s in in_shapes:
+        s = (1,) * (rank - len(s)) + tuple(s)
+        st, acc = [0] * rank, 1
+        for d in range(rank - 1, -1, -1):
+            st[d] = 0 if (s[d] == 1 and out_shape[d] != 1) else acc
+            acc *= s[d]
+        strides_all.append(st)
+    keep = [d for d in range(rank) if out_shape[d] != 1]
+    dims = [int(out_shape[d]) for d in keep]
+    strides = [[st[d] for d in keep] for st in strides_all]
+    if not dims:
+        return [1], [[0] for _ in in_shapes]
+    i = len(dims) - 2
+    while i >= 0:
+        if all(st[i] == st[i + 1] * dims[i + 1] for st in strides):
+            dims[i] = dims[i] * dims[i + 1]
+            del dims[i + 1]
+            for st in strides:
+                st[i] = st[i + 1]
+                del st[i + 1]
+        i -= 1
+    return dims, strides
+
+
+def ew_launch(nb: NodeBuilder, expr: str, ins: list[tuple[int, tuple, np.dtype]], out: tuple[int, tuple, np.dtype],
+              ct: str, p0: float = 0.0, p1: float = 0.0) -> None:
+    """One elementwise launch: ``ins`` are (buf, shape, device dtype), ``out`` likewise."""
+    obuf, oshape, odt = out
+    dims, strides = broadcast_layout(oshape, [s for _, s, _ in ins])
+    if len(dims) > 6:
+        raise Unsupported(f"{nb.op}: broadcast over more than 6 independent axes")
+    inner = dims[-1]
+    outer = [1] * (6 - len(dims)) + dims[:-1]
+    defines = nb.base_defines() + [("OP(x,y,z)", expr.replace(" ", "")), ("CT", ct), ("ARITY", len(ins))]
+    args = [BufRef(obuf), 0]
+    role_strides = []
+    for k, role in enumerate("ABC"):
+        if k < len(ins):
+            b, _, dt = ins[k]
+            st = strides[k]
+            defines.append((f"{role}_IS", st[-1]))  # 0 or 1 (see the module doc)
+            defines.append((f"T{role}", CL_TYPES[np.dtype(dt)]))
+            if np.dtype(dt) == np.float16:
+                defines.append(f"{role}_HALF")
+            role_strides.append([0] * (6 - len(st)) + st[:-1])  # 5 outer strides
+        else:  # unused operand: any buffer, never read
+            b = ins[0][0]
+            defines.append((f"T{role}", "float"))
+            role_strides.append([0] * 5)
+        args += [BufRef(b), 0]
+    defines.append(("TO", CL_TYPES[np.dtype(odt)]))
+    if np.dtype(odt) == np.float16:
+        defines.append("O_HALF")
+    rows = prod(outer)
+    if nb.caps.is_cpu:
+        chunks = max(1, chunks_for(rows * inner, nb.caps) // max(rows, 1))
+    else:
+        chunks = 1024
+    chunks = min(chunks, inner)
+    args += [inner] + outer[1:]
+    for st in role_strides:
+        args += st
+    args += [float(p0), float(p1)]
+    nb.launch("elementwise.cl", "ew", defines, (chunks, rows), None, args,
+              reads=[b for b, _, _ in ins], writes=[obuf])
+
+
+def _kinds_check(nb: NodeBuilder, row: EW, dtypes: list[np.dtype]) -> str:
+    if len(set(dtypes)) > 1:
+        raise Unsupported(f"{nb.op}: mixed element types {sorted(map(str, set(dtypes)))} not supported")
+    k = kind_of(dtypes[0])
+    if k not in row.expr:
+        raise Unsupported(f"{nb.op}: {dtypes[0]} not supported")
+    return k
+
+
+@planner(*TABLE)
+def plan_elementwise(nb: NodeBuilder) -> None:
+    row = TABLE[nb.op]
+    if nb.op == "Mod" and int(nb.attr("fmod", 0)) != 1:
+        raise Unsupported("Mod: fmod=0 not supported")
+    n = nb.n_in
+    idx = [i for i in range(n) if nb.has_input(i)]
+    if row.arity > 0 and len(idx) != row.arity:
+        raise Unsupported(f"{nb.op}: expected {row.arity} inputs, got {len(idx)}")
+    dtypes = [nb.dtype(i) for i in idx]
+    k = _kinds_check(nb, row, dtypes)
+    expr = row.expr[k]
+    if callable(expr):
+        expr = expr(nb)
+    ct = compute_type(dtypes[0])
+    p0, p1 = row.params(nb) if row.params else (0.0, 0.0)
+    out_dt = nb.dev_dtype(nb.out_dtype(0))
+    if row.bool_out and nb.out_dtype(0) != np.bool_:
+        raise Unsupported(f"{nb.op}: output type {nb.out_dtype(0)} not supported")
+    if not row.bool_out and nb.out_dtype(0) != dtypes[0]:
+        raise Unsupported(f"{nb.op}: output type {nb.out_dtype(0)} differs from input {dtypes[0]}")
+    oshape = nb.out_shape(0)
+    ins = [(nb.buf(i), nb.shape(i), nb.dev_dtype(nb.dtype(i))) for i in idx]
+    if row.arity != -1:
+        ew_launch(nb, expr, ins, (nb.out_buf(0), oshape, out_dt), ct, p0, p1)
+        return
+    # variadic: fold pairwise into the output buffer
+    if len(ins) == 1:
+        if tuple(ins[0][1]) != tuple(oshape):
+            raise Unsupported(f"{nb.op}: single input of another shape")
+        nb.alias(0, idx[0])
+        return
+    out = nb.out_buf(0)
+    mean = nb.op == "Mean"
+    for j in range(1, len(ins)):
+        first = ins[0] if j == 1 else (out, oshape, out_dt)
+        last = j == len(ins) - 1
+        e = "(x+y)*p0" if (mean and last) else expr
+        ew_launch(nb, e, [first, ins[j]], (out, oshape, out_dt), ct, 1.0 / len(ins) if mean else 0.0)
+
+
+@planner("Clip")
+def plan_clip(nb: NodeBuilder) -> None:
+    dt = nb.dtype(0)
+    k = kind_of(dt)
+    if k != "f":
+        raise Unsupported(f"Clip: {dt} not supported")
+    if nb.opset < 11:
+        lo, hi = float(nb.attr("min", -np.inf)), float(nb.attr("max", np.inf))
+    else:
+        lo = float(nb.require_host(1, "min").ravel()[0]) if nb.has_input(1) else -np.inf
+        hi = float(nb.require_host(2, "max").ravel()[0]) if nb.has_input(2) else np.inf
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    expr = "(x<p0?p0:(x>p1?p1:x))"
+    if np.isnan(lo32) or np.isnan(hi32):
+        raise Unsupported("Clip: NaN bounds not supported")
+    ew_launch(nb, expr, [(nb.buf(0), nb.shape(0), nb.dev_dtype(dt))],
+              (nb.out_buf(0), nb.out_shape(0), nb.dev_dtype(nb.out_dtype(0))), "float", float(lo32), float(hi32))
+
+
+@planner("Where")
+def plan_where(nb: NodeBuilder) -> None:
+    if nb.dtype(0) != np.bool_:
+        raise Unsupported(f"Where: condition {nb.dtype(0)} not supported")
+    dts = [nb.dtype(1), nb.dtype(2)]
+    if dts[0] != dts[1]:
+        raise Unsupported("Where: mixed element types")
+    k = kind_of(dts[0])
+    if k not in "fi":
+        raise Unsupported(f"Where: {dts[0]} not supported")
+    ct = compute_type(dts[0])
+    ins = [(nb.buf(i), nb.shape(i), nb.dev_dtype(nb.dtype(i))) for i in range(3)]
+    ew_launch(nb, "(x!=0?y:z)", ins, (nb.out_buf(0), nb.out_shape(0), nb.dev_dtype(nb.out_dtype(0))), ct)
+
+
+_CASTABLE = set(FLOATS) | set(INT_CT) | {np.dtype(np.bool_)}
+
+
+@planner("Cast")
+def plan_cast(nb: NodeBuilder) -> None:
+    src, dst = nb.dtype(0), nb.out_dtype(0)
+    for d in (src, dst):
+        if d not in _CASTABLE:
+            raise Unsupported(f"Cast: {d} not supported")
+    if nb.dev_dtype(src) == nb.dev_dtype(dst):
+        nb.alias(0, 0)
+        nb.kind = "alias"
+        return
+    expr = "(x!=0)" if dst == np.bool_ else "x"
+    ct = compute_type(src) if kind_of(src) != "f" else "float"
+    if kind_of(src) == "f" and kind_of(dst) == "i":
+        ct = "float"
+    ew_launch(nb, expr, [(nb.buf(0), nb.shape(0), nb.dev_dtype(src))],
+              (nb.out_buf(0), nb.out_shape(0), nb.dev_dtype(dst)), ct)

@@ -1,0 +1,323 @@
+"""Matrix products: Gemm, MatMul, Conv, and the fused forms the transforms produce
+(domain "hetero": FusedConv, FusedGemm, FusedMatMul = the op + activation ``activation`` with
+``activation_params``; FusedConv's optional 4th input ``residual`` is added before the activation).
+
+Everything lowers to one GEMM kernel (cl/gemm.cl) with a strided A, a unit-column-stride B, a
+broadcastable bias, a residual and an activation epilogue:
+
+* Gemm: transA is a stride swap; transB needs B^T -- done once on the host when B is a constant,
+  else a transpose launch (const-folded at compile when B is computed from constants).
+* MatMul: batch axes are broadcast with per-operand strides; when B has no batch axes and A is
+  contiguous the batch folds into M (one large GEMM instead of many small ones).
+* Conv (1-D / 2-D, any groups, dilations, strides, pads, auto_pad):
+    1x1, stride 1, no pad, group 1 -> GEMM directly on X (W[M,C] . X[n][C, H*W]);
+    depthwise (group == C, one input channel per group) -> the direct dwconv kernel;
+    otherwise -> im2col into a scratch buffer, then GEMM batched over (image, group).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..plan import BufRef, NodeBuilder, Unsupported, ceil_div, planner, prod
+from .data import copy_launch
+
+ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSwish": 5, "HardSigmoid": 6,
+               "Tanh": 7}
+_ACT_DEFAULTS = {"Clip": (-np.inf, np.inf), "LeakyRelu": (0.01, 0.0), "HardSigmoid": (0.2, 0.5)}
+
+# register tile of gemm_reg: RM rows x (RN * NV) columns per work-item
+RM, RN, NV = 8, 16, 2
+IM2COL_LIMIT = 64 * 1024 * 1024  # elements of im2col scratch before the batch is split
+
+
+def activation_of(nb: NodeBuilder) -> tuple[int, float, float]:
+    name = nb.attr("activation", "") or ""
+    if isinstance(name, bytes):
+        name = name.decode()
+    if name not in ACTIVATIONS:
+        raise Unsupported(f"{nb.op}: activation {name!r} not supported (one of {sorted(ACTIVATIONS)})")
+    params = [float(v) for v in (nb.attr("activation_params", None) or [])]
+    d = list(_ACT_DEFAULTS.get(name, (0.0, 0.0)))
+    for i, v in enumerate(params[:2]):
+        d[i] = v
+    p0, p1 = np.float32(d[0]), np.float32(d[1])
+    return ACTIVATIONS[name], float(p0), float(p1)
+
+
+class Operand:
+    """A strided matrix view: buf, element offset, row stride, column stride, 2 batch strides."""
+
+    def __init__(self, buf: int, off: int = 0, rs: int = 0, cs: int = 1, sb0: int = 0, sb1: int = 0):
+        self.buf, self.off, self.rs, self.cs, self.sb0, self.sb1 = buf, off, rs, cs, sb0, sb1
+
+
+def gemm_launch(nb: NodeBuilder, dtype, A: Operand, B: Operand, C: Operand, M: int, N: int, K: int,
+                nb0: int = 1, nb1: int = 1, bias: Operand | None = None, beta: float = 1.0,
+                residual: Operand | None = None, alpha: float = 1.0, act: tuple = (0, 0.0, 0.0)) -> None:
+    """C[b0,b1] = act(alpha * A.B + beta * bias + residual) (B.cs must be 1)."""
+    assert B.cs == 1
+    flags = (1 if bias is not None else 0) | (2 if residual is not None else 0)
+    bz = bias or Operand(C.buf)
+    rz = residual or Operand(C.buf)
+    args = [BufRef(A.buf), A.off, A.rs, A.cs, A.sb0, A.sb1,
+            BufRef(B.buf), B.off, B.rs, B.sb0, B.sb1,
+            BufRef(C.buf), C.off, C.rs, C.sb0, C.sb1,
+            BufRef(bz.buf), bz.off, bz.rs, bz.cs, bz.sb0, bz.sb1,
+            BufRef(rz.buf), rz.off,
+            M, N, K, nb1, float(alpha), float(beta), flags, int(act[0]), float(act[1]), float(act[2])]
+    reads = [A.buf, B.buf] + ([bias.buf] if bias is not None else []) + ([residual.buf] if residual is not None else [])
+    defines = nb.float_defines(dtype)
+    caps = nb.caps
+    if caps.gemm_kernel == "local" and caps.max_work_group >= 256:
+        gs = (ceil_div(N, 64) * 16, ceil_div(M, 64) * 16, nb0 * nb1)
+        nb.launch("gemm.cl", "gemm_local", defines, gs, (16, 16, 1), args, reads, [C.buf])
+    else:
+        defines += [("RM", RM), ("RN", RN), ("NV", NV)]
+        gs = (ceil_div(M, RM), ceil_div(N, RN * NV), nb0 * nb1)
+        nb.launch("gemm.cl", "gemm_reg", defines, gs, (1, 1, 1), args, reads, [C.buf])
+
+
+def _bias2d(nb: NodeBuilder, i: int, M: int, N: int) -> Operand:
+    s = nb.shape(i)
+    if len(s) > 2:
+        raise Unsupported(f"{nb.op}: bias of rank {len(s)}")
+    s2 = (1,) * (2 - len(s)) + tuple(s)
+    for d, full in zip(s2, (M, N)):
+        if d not in (1, full):
+            raise Unsupported(f"{nb.op}: bias shape {list(s)} does not broadcast to [{M},{N}]")
+    return Operand(nb.buf(i), 0, 0 if s2[0] == 1 else s2[1], 0 if s2[1] == 1 else 1)
+
+
+def _b_rowmajor(nb: NodeBuilder, i: int, transposed: bool, K: int, N: int, dtype) -> Operand:
+    """Operand for B as a row-major [K, N] matrix (transposing B [N, K] once when needed)."""
+    if not transposed:
+        return Operand(nb.buf(i), 0, N, 1)
+    host = nb.host(i)
+    if host is not None:
+        bt = np.ascontiguousarray(host.reshape(N, K).T).astype(nb.dev_dtype(host.dtype))
+        return Operand(nb.upload(bt, "B^T"), 0, N, 1)
+    dt = nb.dev_dtype(dtype)
+    tmp = nb.scratch(K * N, dt, "B^T")
+    copy_launch(nb, tmp, 0, [N, 1], nb.buf(i), 0, [1, K], [K, N], dt.itemsize)
+    return Operand(tmp, 0, N, 1)
+
+
+# ---- Gemm -------------------------------------------------------------------------------------
+
+def _plan_gemm(nb: NodeBuilder, act) -> None:
+    dt = nb.require_float(0, 1, 2)
+    sa, sb = nb.shape(0), nb.shape(1)
+    if len(sa) != 2 or len(sb) != 2:
+        raise Unsupported(f"{nb.op}: inputs must be 2-D, got {list(sa)} and {list(sb)}")
+    ta, tb = int(nb.attr("transA", 0)), int(nb.attr("transB", 0))
+    M, K = (sa[1], sa[0]) if ta else sa
+    K2, N = (sb[1], sb[0]) if tb else sb
+    if K != K2:
+        raise Unsupported(f"{nb.op}: inner dimensions differ ({K} vs {K2})")
+    A = Operand(nb.buf(0), 0, 1, M) if ta else Operand(nb.buf(0), 0, K, 1)
+    B = _b_rowmajor(nb, 1, bool(tb), K, N, dt)
+    bias = _bias2d(nb, 2, M, N) if nb.has_input(2) else None
+    alpha, beta = float(nb.attr("alpha", 1.0)), float(nb.attr("beta", 1.0))
+    C = Operand(nb.out_buf(0), 0, N, 1)
+    gemm_launch(nb, dt, A, B, C, M, N, K, bias=bias, beta=beta, alpha=alpha, act=act)
+
+
+@planner("Gemm")
+def plan_gemm(nb: NodeBuilder) -> None:
+    _plan_gemm(nb, (0, 0.0, 0.0))
+
+
+@planner("FusedGemm", domain="hetero")
+def plan_fused_gemm(nb: NodeBuilder) -> None:
+    _plan_gemm(nb, activation_of(nb))
+
+
+# ---- MatMul -----------------------------------------------------------------------------------
+
+def _plan_matmul(nb: NodeBuilder, act) -> None:
+    dt = nb.require_float(0, 1)
+    sa, sb, so = nb.shape(0), nb.shape(1), nb.out_shape(0)
+    if len(sa) == 0 or len(sb) == 0:
+        raise Unsupported(f"{nb.op}: scalar operands")
+    a2 = (1,) + tuple(sa) if len(sa) == 1 else tuple(sa)
+    b2 = tuple(sb) + (1,) if len(sb) == 1 else tuple(sb)
+    M, K = a2[-2], a2[-1]
+    K2, N = b2[-2], b2[-1]
+    if K != K2:
+        raise Unsupported(f"{nb.op}: inner dimensions differ ({K} vs {K2})")
+    ba, bb = a2[:-2], b2[:-2]
+    rank = max(len(ba), len(bb))
+    ba = (1,) * (rank - len(ba)) + ba
+    bb = (1,) * (rank - len(bb)) + bb
+    bo = tuple(max(x, y) for x, y in zip(ba, bb))
+    for x, y in zip(ba, bb):
+        if x != y and 1 not in (x, y):
+            raise Unsupported(f"{nb.op}: batch shapes {list(ba)} and {list(bb)} do not broadcast")
+    abuf, bbuf, cbuf = nb.buf(0), nb.buf(1), nb.out_buf(0)
+    nbatch = prod(bo)
+    if prod(so) != nbatch * M * N:
+        raise Unsupported(f"{nb.op}: output shape {list(so)} inconsistent")
+    # 1. B shared by every batch and A contiguous: fold the batch into M
+    if all(d == 1 for d in bb):
+        Mt = nbatch * M if all(x == y for x, y in zip(ba, bo)) else None
+        if Mt is not None:
+            gemm_launch(nb, dt, Operand(abuf, 0, K, 1), Operand(bbuf, 0, N, 1), Operand(cbuf, 0, N, 1),
+                        Mt, N, K, act=act)
+            return
+    # 2. batch strides per operand over the broadcast batch axes, merged where contiguous
+    def strides(shape, per):
+        st, acc = [], per
+        for d, o in zip(reversed(shape), reversed(bo)):
+            st.append(acc if d == o and d != 1 else 0)
+            acc *= d
+        return list(reversed(st))
+
+    sa_, sb_, sc_ = strides(ba, M * K), strides(bb, K * N), strides(bo, M * N)
+    dims = [d for d in bo]
+    keep = [i for i, d in enumerate(dims) if d != 1]
+    dims = [dims[i] for i in keep]
+    sts = [[s[i] for i in keep] for s in (sa_, sb_, sc_)]
+    i = len(dims) - 2
+    while i >= 0:
+        if all(s[i] == s[i + 1] * dims[i + 1] for s in sts):
+            dims[i] *= dims[i + 1]
+            del dims[i + 1]
+            for s in sts:
+                s[i] = s[i + 1]
+                del s[i + 1]
+        i -= 1
+    if not dims:
+        dims, sts = [1], [[0], [0], [0]]
+    # the last two batch axes go to the kernel; any others become separate launches
+    lead = dims[:-2]
+    d0, d1 = ([1] + dims[-1:]) if len(dims) == 1 else dims[-2:]
+    s_last = [([0] + s[-1:]) if len(s) == 1 else s[-2:] for s in sts]
+    for idx in np.ndindex(*lead) if lead else [()]:
+        offs = [sum(int(i_) * s[k] for k, i_ in enumerate(idx)) for s in sts]
+        gemm_launch(nb, dt, Operand(abuf, offs[0], K, 1, *s_last[0]), Operand(bbuf, offs[1], N, 1, *s_last[1]),
+                    Operand(cbuf, offs[2], N, 1, *s_last[2]), M, N, K, d0, d1, act=act)
+
+
+@planner("MatMul")
+def plan_matmul(nb: NodeBuilder) -> None:
+    _plan_matmul(nb, (0, 0.0, 0.0))
+
+
+@planner("FusedMatMul", domain="hetero")
+def plan_fused_matmul(nb: NodeBuilder) -> None:
+    _plan_matmul(nb, activation_of(nb))
+
+
+# ---- Conv -------------------------------------------------------------------------------------
+
+def conv_geometry(nb: NodeBuilder, xshape, kspatial, in_spatial, out_spatial):
+    """(strides, dilations, pads_begin, pads_end) checked against the inferred output shape."""
+    nd = len(in_spatial)
+    strides = [int(s) for s in (nb.attr("strides") or [1] * nd)]
+    dil = [int(d) for d in (nb.attr("dilations") or [1] * nd)]
+    auto_pad = nb.attr("auto_pad", "NOTSET") or "NOTSET"
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad == "NOTSET":
+        pads = [int(p) for p in (nb.attr("pads") or [0] * (2 * nd))]
+        pb, pe = pads[:nd], pads[nd:]
+    elif auto_pad == "VALID":
+        pb, pe = [0] * nd, [0] * nd
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pb, pe = [], []
+        for i in range(nd):
+            out = ceil_div(in_spatial[i], strides[i])
+            total = max(0, (out - 1) * strides[i] + (kspatial[i] - 1) * dil[i] + 1 - in_spatial[i])
+            small, big = total // 2, total - total // 2
+            pb.append(small if auto_pad == "SAME_UPPER" else big)
+            pe.append(big if auto_pad == "SAME_UPPER" else small)
+    else:
+        raise Unsupported(f"{nb.op}: auto_pad {auto_pad!r} not supported")
+    for i in range(nd):
+        ext = (kspatial[i] - 1) * dil[i] + 1
+        want = (in_spatial[i] + pb[i] + pe[i] - ext) // strides[i] + 1
+        if want != out_spatial[i]:
+            raise Unsupported(f"{nb.op}: output size {out_spatial[i]} on spatial axis {i} does not match "
+                              f"the attributes (expected {want})")
+    return strides, dil, pb, pe
+
+
+def _plan_conv(nb: NodeBuilder, act, residual_input: int | None) -> None:
+    dt = nb.require_float(0, 1, 2)
+    xs, ws, ys = nb.shape(0), nb.shape(1), nb.out_shape(0)
+    if len(xs) not in (3, 4):
+        raise Unsupported(f"{nb.op}: {len(xs) - 2}-D convolution not supported (1-D and 2-D are)")
+    if len(ws) != len(xs):
+        raise Unsupported(f"{nb.op}: weight rank {len(ws)} != input rank {len(xs)}")
+    G = int(nb.attr("group", 1))
+    Nb, C = xs[0], xs[1]
+    M, Cg = ws[0], ws[1]
+    if C != Cg * G or M % G:
+        raise Unsupported(f"{nb.op}: channels {C} / weight {list(ws)} / group {G} are inconsistent")
+    ks = nb.attr("kernel_shape")
+    if ks is not None and [int(k) for k in ks] != list(ws[2:]):
+        raise Unsupported(f"{nb.op}: kernel_shape {list(ks)} != weight shape {list(ws[2:])}")
+    strides, dil, pb, pe = conv_geometry(nb, xs, ws[2:], xs[2:], ys[2:])
+    # 1-D as 2-D with height 1
+    if len(xs) == 3:
+        H, W, KH, KW, OH, OW = 1, xs[2], 1, ws[2], 1, ys[2]
+        SH, SW, DH, DW, PH, PW = 1, strides[0], 1, dil[0], 0, pb[0]
+    else:
+        H, W, KH, KW, OH, OW = xs[2], xs[3], ws[2], ws[3], ys[2], ys[3]
+        SH, SW = strides
+        DH, DW = dil
+        PH, PW = pb
+    HW, OHW = H * W, OH * OW
+    has_bias = nb.has_input(2)
+    if has_bias and tuple(nb.shape(2)) != (M,):
+        raise Unsupported(f"{nb.op}: bias shape {list(nb.shape(2))} != [{M}]")
+    res = None
+    if residual_input is not None and nb.has_input(residual_input):
+        if tuple(nb.shape(residual_input)) != tuple(ys):
+            raise Unsupported(f"{nb.op}: residual shape {list(nb.shape(residual_input))} != output {list(ys)}")
+        if nb.dtype(residual_input) != dt:
+            raise Unsupported(f"{nb.op}: residual type {nb.dtype(residual_input)}")
+        res = nb.buf(residual_input)
+    xbuf, wbuf, ybuf = nb.buf(0), nb.buf(1), nb.out_buf(0)
+    bbuf = nb.buf(2) if has_bias else None
+
+    # 1. depthwise: direct kernel
+    if G == C and Cg == 1 and G > 1:
+        flags = (1 if has_bias else 0) | (2 if res is not None else 0)
+        args = [BufRef(xbuf), 0, BufRef(wbuf), 0, BufRef(bbuf if has_bias else wbuf), 0,
+                BufRef(res if res is not None else xbuf), 0, BufRef(ybuf), 0,
+                C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, M // C, flags, act[0], act[1], act[2]]
+        reads = [xbuf, wbuf] + ([bbuf] if has_bias else []) + ([res] if res is not None else [])
+        nb.launch("conv.cl", "dwconv", nb.float_defines(dt), (OH, M, Nb), None, args, reads, [ybuf])
+        return
+    Mg, Kg = M // G, Cg * KH * KW
+    bias = Operand(bbuf, 0, 1, 0, 0, Mg) if has_bias else None
+    # 2. pointwise: GEMM straight on X
+    if KH == KW == 1 and SH == SW == 1 and PH == PW == 0 and pe == [0] * len(pe) and G == 1:
+        gemm_launch(nb, dt, Operand(wbuf, 0, C, 1), Operand(xbuf, 0, HW, 1, C * HW, 0),
+                    Operand(ybuf, 0, OHW, 1, M * OHW, 0), M, OHW, C, Nb, 1, bias=bias,
+                    residual=Operand(res) if res is not None else None, act=act)
+        return
+    # 3. im2col + GEMM over (image, group); split the batch when the scratch would be too large
+    per_image = C * KH * KW * OHW
+    step = max(1, min(Nb, IM2COL_LIMIT // max(per_image, 1)))
+    col = nb.scratch(step * per_image, nb.dev_dtype(dt), "im2col")
+    for n0 in range(0, Nb, step):
+        cnt = min(step, Nb - n0)
+        nb.launch("conv.cl", "im2col", nb.float_defines(dt), (OH, C * KH * KW, cnt), None,
+                  [BufRef(xbuf), n0 * C * HW, BufRef(col), 0, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW],
+                  [xbuf], [col])
+        yoff = n0 * M * OHW
+        gemm_launch(nb, dt, Operand(wbuf, 0, Kg, 1, 0, Mg * Kg), Operand(col, 0, OHW, 1, C * KH * KW * OHW, Kg * OHW),
+                    Operand(ybuf, yoff, OHW, 1, M * OHW, Mg * OHW), Mg, OHW, Kg, cnt, G, bias=bias,
+                    residual=Operand(res, yoff) if res is not None else None, act=act)
+
+
+@planner("Conv")
+def plan_conv(nb: NodeBuilder) -> None:
+    _plan_conv(nb, (0, 0.0, 0.0), None)
+
+
+@planner("FusedConv", domain="hetero")
+def plan_fused_conv(nb: NodeBuilder) -> None:
+    _plan_conv(nb, activation_of(nb), 3)
