@@ -1,0 +1,370 @@
+"""The GPU (OpenCL) plugin: discovery, honest query, memory plan, precision, caching, streams, profiling.
+
+Runs on any OpenCL platform (here PoCL, a CPU implementation); the tests that need one skip with a
+reason where there is none. The per-op numerics are in test_op_cases.py (shared with every device).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hetero
+from hetero.errors import DeviceError, UnsupportedOpError
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = hetero.Core()
+GPUS = [d for d in CORE.available_devices if d.startswith("GPU")]
+needs_gpu = pytest.mark.skipif(not GPUS, reason="no OpenCL platform/device (pyopencl found no GPU.N)")
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17, name="m"):
+    g = helper.make_graph(nodes, name, inputs, outputs, initializer=list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def _vi(name, shape, t=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, t, shape)
+
+
+def _gpu():
+    return CORE._registry.get("GPU")
+
+
+# ---- discovery and properties -------------------------------------------------------------------
+
+@needs_gpu
+def test_gpu_means_gpu0_and_properties():
+    dev = _gpu()
+    assert dev.name == "GPU.0" and dev.family == "GPU"
+    assert GPUS == [f"GPU.{i}" for i in range(len(GPUS))]
+    for name in GPUS:
+        full = CORE.get_property(name, "FULL_DEVICE_NAME")
+        d = CORE._registry.get(name)
+        assert full == f"{d.cl_device.name.strip()} ({d.cl_device.platform.name.strip()})"
+        kind = CORE.get_property(name, "DEVICE_TYPE")
+        assert kind in ("discrete", "integrated", "accelerator", "cpu-opencl")
+        assert d.auto_priority == {"discrete": 30, "integrated": 20, "accelerator": 15, "cpu-opencl": 10}[kind]
+        caps = CORE.get_property(name, "OPTIMIZATION_CAPABILITIES")
+        assert "FP32" in caps and "FP16" in caps
+        assert CORE.get_property(name, "DEVICE_MEMORY_SIZE") == int(d.cl_device.global_mem_size) > 0
+        assert CORE.get_property(name, "COMPUTE_UNITS") == int(d.cl_device.max_compute_units) >= 1
+        sup = CORE.get_property(name, "SUPPORTED_PROPERTIES")
+        for k in ("FULL_DEVICE_NAME", "DEVICE_TYPE", "OPTIMIZATION_CAPABILITIES", "DEVICE_MEMORY_SIZE",
+                  "COMPUTE_UNITS", "INFERENCE_PRECISION_HINT", "CACHE_DIR", "PERFORMANCE_HINT"):
+            assert k in sup
+    # real GPUs come before CPU implementations of OpenCL
+    order = {"discrete": 0, "integrated": 1, "accelerator": 2, "cpu-opencl": 3}
+    kinds = [order[CORE.get_property(n, "DEVICE_TYPE")] for n in GPUS]
+    assert kinds == sorted(kinds)
+    assert CORE.get_property("CPU", "DEVICE_TYPE") == "cpu" and CORE._registry.get("CPU").auto_priority == 0
+
+
+_NO_GPU_SCRIPT = r"""
+import sys
+{prelude}
+import hetero
+from hetero.errors import DeviceError
+core = hetero.Core()
+assert not any(d.startswith("GPU") for d in core.available_devices), core.available_devices
+try:
+    core.compile_model(hetero.read_model(sys.argv[1]), "GPU")
+except DeviceError as e:
+    assert "CPU" in str(e) and "GPU" in str(e), str(e)
+    print("OK", e)
+else:
+    raise SystemExit("GPU compiled without OpenCL")
+"""
+
+
+@pytest.mark.parametrize("how", ["no_platform", "no_pyopencl"])
+def test_without_opencl_import_works_and_gpu_is_a_device_error(tmp_path, how):
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2])], [_vi("y", [2])])
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    prelude = ""
+    if how == "no_platform":
+        env["OCL_ICD_VENDORS"] = str(tmp_path / "no_vendors")  # the ICD loader finds no platform
+    else:
+        prelude = "sys.modules['pyopencl'] = None  # import pyopencl -> ImportError"
+    r = subprocess.run([sys.executable, "-c", _NO_GPU_SCRIPT.format(prelude=prelude), str(path)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("OK device 'GPU"), r.stdout
+
+
+# ---- honest query ---------------------------------------------------------------------------------
+
+@needs_gpu
+def test_query_claims_exactly_what_runs_and_explains_the_rest():
+    """
+        x ─ Relu ─ TopK ─ Add ─ y        TopK: no kernel; Conv on float64: no f64 kernels;
+        d(f64) ─ Conv ─ z                Add and Relu: claimed
+    """
+    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float64), "w")
+    k = numpy_helper.from_array(np.array([2], np.int64), "k")
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("TopK", ["r", "k"], ["t", "ti"], name="topk"),
+             helper.make_node("Add", ["t", "t"], ["y"], name="add"),
+             helper.make_node("Conv", ["d", "w"], ["z"], name="conv")]
+    m = _model(nodes, [_vi("x", [3, 4]), _vi("d", [1, 1, 2, 2], TensorProto.DOUBLE)],
+               [_vi("y", [3, 2]), _vi("z", [1, 1, 2, 2], TensorProto.DOUBLE)], [w, k])
+    g = hetero.read_model(m)
+    answer = _gpu().query(g)
+    assert answer == {"relu": True, "topk": "TopK: no OpenCL kernel", "add": True,
+                      "conv": "Conv: float64 not supported"}
+    assert CORE.query_model(m, "GPU") == {"relu": "GPU.0", "add": "GPU.0"}
+    with pytest.raises(UnsupportedOpError) as ei:
+        CORE.compile_model(m, "GPU")
+    assert set(ei.value.nodes) == {"topk", "conv"}
+    assert "TopK: no OpenCL kernel" in str(ei.value)
+
+
+@needs_gpu
+def test_query_reasons_for_shapes_and_attributes():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="dyn"),
+             helper.make_node("MaxPool", ["p"], ["q", "qi"], name="idx", kernel_shape=[2, 2]),
+             helper.make_node("Conv", ["c", "cw"], ["cy"], name="conv3d")]
+    cw = numpy_helper.from_array(np.ones((1, 1, 1, 1, 1), np.float32), "cw")
+    m = _model(nodes, [_vi("x", ["N", 4]), _vi("p", [1, 1, 4, 4]), _vi("c", [1, 1, 2, 2, 2])],
+               [_vi("r", ["N", 4]), _vi("q", [1, 1, 3, 3]), _vi("qi", [1, 1, 3, 3], TensorProto.INT64),
+                _vi("cy", [1, 1, 2, 2, 2])], [cw])
+    a = _gpu().query(hetero.read_model(m))
+    assert a["dyn"].startswith("Relu: dynamic shape") and "not supported" in a["dyn"]
+    assert a["idx"] == "MaxPool: Indices output not supported"
+    assert a["conv3d"] == "Conv: 3-D convolution not supported (1-D and 2-D are)"
+
+
+@needs_gpu
+def test_hetero_falls_back_for_unclaimed_nodes():
+    """x ─ Relu(GPU) ─ TopK(CPU) ─ Neg(GPU) ─ y"""
+    k = numpy_helper.from_array(np.array([3], np.int64), "k")
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("TopK", ["r", "k"], ["t", "ti"], name="topk"),
+             helper.make_node("Neg", ["t"], ["y"], name="neg")]
+    m = _model(nodes, [_vi("x", [2, 5])], [_vi("y", [2, 3])], [k])
+    assert CORE.query_model(m, "HETERO:GPU,CPU") == {"relu": "GPU.0", "topk": "CPU", "neg": "GPU.0"}
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    y = CORE.compile_model(m, "HETERO:GPU,CPU")({"x": x})[0]
+    np.testing.assert_allclose(y, -np.sort(np.maximum(x, 0), axis=1)[:, ::-1][:, :3])
+
+
+# ---- memory plan and constants ------------------------------------------------------------------
+
+def test_memory_plan_traced_example():
+    from hetero.devices.opencl.memplan import Lifetime, plan_memory
+
+    lts = [Lifetime(0, 400, -1, 0), Lifetime(1, 800, 0, 1), Lifetime(2, 800, 1, 2), Lifetime(3, 100, 2, 3),
+           Lifetime(4, 400, 3, 1 << 60)]
+    p = plan_memory(lts)
+    assert dict(p.slot_of) == {0: 0, 1: 1, 2: 0, 3: 1, 4: 0}
+    assert p.slot_bytes == (800, 800) and p.total_bytes == 1600 and p.naive_bytes == 2500
+
+
+@needs_gpu
+def test_buffers_reused_weights_folded_and_results_exact():
+    """
+        x ─ Relu ─ Neg ─ Exp ─ Sigmoid ─ MatMul ─ y          the chain shares two slots;
+                                  Wt = Transpose(W) ─┘        Transpose of a constant runs once at compile
+    """
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((6, 8)).astype(np.float32)
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Neg", ["a"], ["b"], name="neg"),
+             helper.make_node("Exp", ["b"], ["c"], name="exp"), helper.make_node("Sigmoid", ["c"], ["d"], name="sig"),
+             helper.make_node("Transpose", ["W"], ["Wt"], name="tr"),
+             helper.make_node("MatMul", ["d", "Wt"], ["y"], name="mm")]
+    m = _model(nodes, [_vi("x", [64, 8])], [_vi("y", [64, 6])], [numpy_helper.from_array(W, "W")])
+    g = hetero.read_model(m)  # untransformed: the plugin folds the constant Transpose itself
+    exe = _gpu().compile(g)
+    assert exe.plan.node_kind["tr"] == "const"
+    run_nodes = [exe.plan.launches[i].node for i in exe.plan.run_launches]
+    assert run_nodes == ["relu", "neg", "exp", "sig", "mm"]
+    mem = exe.memory
+    assert mem.slot_bytes == (64 * 8 * 4, 64 * 8 * 4)  # x, a, b, c, d, y alternate between two slots
+    assert mem.naive_bytes == 5 * 64 * 8 * 4 + 64 * 6 * 4
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    y = exe.run({"x": x})["y"]
+    ref = (1 / (1 + np.exp(-np.exp(-np.maximum(x, 0))))) @ W.T
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_gpu
+def test_views_share_the_buffer():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Flatten", ["a"], ["b"], name="fl"),
+             helper.make_node("Neg", ["b"], ["y"], name="neg")]
+    m = _model(nodes, [_vi("x", [2, 3, 4])], [_vi("y", [2, 12])])
+    exe = _gpu().compile(hetero.read_model(m))
+    assert exe.plan.node_kind["fl"] == "alias" and len(exe.plan.run_launches) == 2
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 10
+    np.testing.assert_array_equal(exe.run({"x": x})["y"], -np.maximum(x, 0).reshape(2, 12))
+
+
+@needs_gpu
+def test_softmax_before_opset13_coerces_to_2d():
+    m = _model([helper.make_node("Softmax", ["x"], ["y"], axis=1)], [_vi("x", [2, 3, 4])], [_vi("y", [2, 3, 4])],
+               opset=11)
+    x = np.random.default_rng(2).standard_normal((2, 3, 4)).astype(np.float32)
+    y = CORE.compile_model(m, "GPU")({"x": x})[0]
+    e = np.exp(x.reshape(2, 12) - x.reshape(2, 12).max(1, keepdims=True))
+    np.testing.assert_allclose(y, (e / e.sum(1, keepdims=True)).reshape(2, 3, 4), rtol=1e-5, atol=1e-6)
+
+
+@needs_gpu
+def test_bad_input_shape_is_an_infer_error():
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2, 3])], [_vi("y", [2, 3])])
+    exe = _gpu().compile(hetero.read_model(m))
+    with pytest.raises(hetero.InferError, match=r"input 'x' has shape \[3, 2\], compiled for \[2, 3\]"):
+        exe.run({"x": np.zeros((3, 2), np.float32)})
+
+
+# ---- precision --------------------------------------------------------------------------------------
+
+F16_CASES = ["Conv_3x3_pad", "Conv_groups", "Conv_depthwise", "Gemm_transB_bias", "MatMul_batch_fold", "Add_broadcast",
+             "MaxPool_3x3_s2_p1", "AveragePool_incl_pad", "Softmax_axis1", "LRN", "BatchNormalization",
+             "LayerNormalization", "Concat_axis1", "Transpose", "Resize_linear_sizes", "ReduceMean_axis1",
+             "FusedConv_relu_residual", "Sigmoid", "Pad_reflect", "Where"]
+
+
+@needs_gpu
+@pytest.mark.parametrize("case_id", F16_CASES)
+def test_f16_within_tolerance(case_id):
+    from op_cases import CASES, device_model, make_values, reference
+
+    from hetero.devices.opencl import f16_allclose
+
+    case = next(c for c in CASES if c.id == case_id)
+    vals = make_values(case)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        expected = reference(case, vals)
+    model, feeds = device_model(case, vals, expected)
+    compiled = CORE.compile_model(model, "GPU", {"INFERENCE_PRECISION_HINT": "f16"})
+    got = compiled(feeds)
+    for k, e in enumerate(expected):
+        g = got[k]
+        assert g.dtype == e.dtype and g.shape == e.shape  # f32 at the boundary, half inside
+        assert f16_allclose(g, e), f"{case_id}: max error {np.abs(g - e).max()} (max |ref| {np.abs(e).max()})"
+    # and f16 really is lower precision than f32 (the hint is not ignored)
+    exe = compiled._runner
+    assert any(b.dtype == np.float16 for b in exe.plan.bufs.values())
+
+
+# ---- compile cache ----------------------------------------------------------------------------------
+
+@needs_gpu
+def test_cache_dir_stores_binaries_and_a_later_compile_loads_them(tmp_path):
+    from hetero.devices.opencl.programs import PROGRAMS
+
+    rng = np.random.default_rng(3)
+    W = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W")
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    m = _model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 4, 8, 8])], [W])
+    cfg = {"CACHE_DIR": str(tmp_path / "cache")}
+    PROGRAMS.clear()
+    cold = CORE.compile_model(m, "GPU", cfg)
+    assert cold.get_property("LOADED_FROM_CACHE") is False
+    files = sorted((tmp_path / "cache").glob("hetero_ocl_*.bin"))
+    assert len(files) == cold._runner.program_count >= 2
+    PROGRAMS.clear()  # forget the in-process programs: the next compile must come from the files
+    loads = PROGRAMS.binary_loads
+    warm = CORE.compile_model(m, "GPU", cfg)
+    assert warm.get_property("LOADED_FROM_CACHE") is True and warm._runner.loaded_from_cache
+    assert PROGRAMS.binary_loads - loads == len(files)
+    assert warm._runner.compile_time > 0 and cold._runner.compile_time > 0
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(cold({"x": x})[0], warm({"x": x})[0])
+    # another config (f16) is another set of programs: not from the cache
+    PROGRAMS.clear()
+    other = CORE.compile_model(m, "GPU", dict(cfg, INFERENCE_PRECISION_HINT="f16"))
+    assert other.get_property("LOADED_FROM_CACHE") is False
+
+
+# ---- streams ----------------------------------------------------------------------------------------
+
+def _conv_model():
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    B = rng.standard_normal(8).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    m = _model(nodes, [_vi("x", [1, 4, 10, 10])], [_vi("y", [1, 8, 1, 1])],
+               [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")])
+    return m
+
+
+def _ref(m, x):
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(m).run(None, {"x": x})[0]
+
+
+@needs_gpu
+def test_streams_have_their_own_queues_and_many_requests_in_flight_are_correct():
+    m = _conv_model()
+    dev = _gpu()
+    assert dev.optimal_streams({"PERFORMANCE_HINT": "THROUGHPUT"}) > 1
+    assert dev.optimal_streams({"PERFORMANCE_HINT": "LATENCY"}) == 1
+    compiled = CORE.compile_model(m, "GPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    assert compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") > 1
+    exe = compiled._runner
+    c1, c2 = exe.new_context(), exe.new_context()
+    assert c1.queue is not c2.queue and c1.slots[0] is not c2.slots[0]
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((1, 4, 10, 10)).astype(np.float32) for _ in range(24)]
+    refs = [_ref(m, x) for x in xs]
+    results = {}
+    queue = hetero.AsyncInferQueue(compiled, 6)
+    queue.set_callback(lambda req, i: results.__setitem__(i, req.get_output_tensor(0).copy()))
+    for i, x in enumerate(xs):
+        queue.start_async({"x": x}, i)
+    queue.wait_all()
+    assert sorted(results) == list(range(24))
+    for i in range(24):
+        np.testing.assert_allclose(results[i], refs[i], rtol=1e-4, atol=1e-5)
+    # plain threads, each with its own request
+    errors = []
+
+    def worker(k):
+        try:
+            req = compiled.create_infer_request()
+            for j in range(k, 24, 4):
+                np.testing.assert_allclose(req.infer({"x": xs[j]})[0], refs[j], rtol=1e-4, atol=1e-5)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+# ---- profiling --------------------------------------------------------------------------------------
+
+@needs_gpu
+def test_profiling_records_every_node():
+    m = _conv_model()
+    g = hetero.read_model(m)
+    exe = _gpu().compile(g)
+    prof = []
+    exe.run({"x": np.zeros((1, 4, 10, 10), np.float32)}, None, prof)
+    assert [(r.node_name, r.node_type) for r in prof] == [(n.name, n.op_type) for n in g.nodes]
+    assert all(r.status == "EXECUTED" and r.real_time > 0 and r.exec_type.startswith("ocl_") for r in prof)
+    assert prof[0].exec_type == "ocl_im2col+gemm_reg" or prof[0].exec_type == "ocl_im2col+gemm_local"
+    compiled = CORE.compile_model(m, "GPU", {"PERF_COUNT": True})
+    req = compiled.create_infer_request()
+    req.infer({"x": np.zeros((1, 4, 10, 10), np.float32)})
+    info = req.get_profiling_info()
+    assert any(i.node_type == "FusedConv" and i.status == "EXECUTED" for i in info)
