@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import InferError, PropertyError, suggest
 from ..ir import Graph, TensorInfo
 from .. import properties as P
+from .. import trace as _trace
 from .request import NO_CONTEXT, InferRequest, InferResults
 
 
@@ -153,6 +154,7 @@ class CompiledModel:
         self.outputs = [Port(i, t, False) for i, t in enumerate(graph.outputs)]
         self._default_request: InferRequest | None = None
         self._default_lock = threading.Lock()
+        self._tracer: Any = _trace.NULL_TRACER  # HETERO_TRACE_FILE: set_tracer (Core.compile_model)
 
     # ---- ports ----------------------------------------------------------------------------------
     @property
@@ -255,7 +257,13 @@ class CompiledModel:
         if borrowed:
             context = self._streams.borrow()
         try:
-            outputs = self._runner.run(feeds, context, profile)
+            tr = self._tracer
+            if tr.enabled:  # a span per request; the runner (HETERO) finds tracer and id via trace.current()
+                rid = request.request_id if request is not None else None
+                with tr.span(self._device_name, "infer", rid, cat="request"), _trace.bind(tr, rid):
+                    outputs = self._runner.run(feeds, context, profile)
+            else:
+                outputs = self._runner.run(feeds, context, profile)
         finally:
             if borrowed:
                 self._streams.give_back(context)
@@ -267,6 +275,18 @@ class CompiledModel:
 
     def _submit(self, request: InferRequest, body: Callable[[Any], None]) -> None:
         self._streams.submit(body)
+
+    # ---- tracing ---------------------------------------------------------------------------------
+    @property
+    def tracer(self):
+        """The model's :class:`hetero.trace.Tracer` (``NULL_TRACER`` when tracing is off)."""
+        return self._tracer
+
+    def set_tracer(self, tracer) -> None:
+        """Record this model's execution in ``tracer`` (MULTI/AUTO pass it on to their device models)."""
+        self._tracer = tracer if tracer is not None else _trace.NULL_TRACER
+        if getattr(tracer, "path", None):
+            self._extra["HETERO_TRACE_FILE"] = tracer.path
 
     # ---- API -------------------------------------------------------------------------------------
     def create_infer_request(self) -> InferRequest:
@@ -332,6 +352,7 @@ class CompiledModel:
 
     def release(self) -> None:
         self._streams.close()
+        self._tracer.save()
 
     def __repr__(self) -> str:
         return f"<CompiledModel {self._graph.name!r} on {self._device_name}>"

@@ -15,6 +15,7 @@ from ..errors import DeviceError, DeviceStringError, PropertyError, UnsupportedO
 from ..ir import Graph
 from ..onnx_import import read_model as _read_model
 from .. import properties as P
+from .. import trace
 from .compiled import CompiledModel
 
 
@@ -105,9 +106,16 @@ class Core:
         for k, v in self._global.get(parsed.virtual or "", {}).items():
             config.setdefault(k, v)
         graph = as_graph(model)
-        t0 = time.perf_counter()
+        # HETERO_TRACE_FILE belongs to the runtime, not to a device plugin: every device string accepts it,
+        # and it is taken out here so that MULTI/AUTO's per-device compiles do not each open the file
+        trace_file = P.validate("HETERO_TRACE_FILE", config.pop("HETERO_TRACE_FILE", ""))
+        tracer = trace.tracer_for(trace_file)
+        t0 = time.perf_counter_ns()
         compiled = self._compile(graph, parsed, config)
-        compiled._extra.setdefault("COMPILE_TIME_MS", (time.perf_counter() - t0) * 1e3)
+        compiled._extra.setdefault("COMPILE_TIME_MS", (time.perf_counter_ns() - t0) / 1e6)
+        if tracer.enabled:
+            tracer.complete(compiled._device_name, "compile_model", t0, time.perf_counter_ns(), cat="compile")
+            compiled.set_tracer(tracer)
         return compiled
 
     def _compile(self, graph: Graph, parsed: ParsedDevice, config: dict[str, Any]) -> CompiledModel:
