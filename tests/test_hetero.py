@@ -253,10 +253,10 @@ class GateExe(Executable):
 
 
 class GateCore:
-    """Just enough of Core for compile_hetero: a registry with the two gate devices."""
+    """Just enough of Core for compile_hetero: a registry with the two gate devices (or ``devs``)."""
 
-    def __init__(self, hook):
-        devs = [GateDevice(0, hook), GateDevice(1, hook)]
+    def __init__(self, hook=None, devs=None):
+        devs = devs or [GateDevice(0, hook), GateDevice(1, hook)]
 
         class Reg:
             def get(self, spec, text=None):
@@ -372,3 +372,23 @@ def test_gpu_f16_outputs_converted_back(core):
     out = run(cm)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, REF, rtol=2e-2, atol=2e-3)
+
+
+class PickyDevice(GateDevice):
+    """Its query accepts every node, but its compile refuses Neg (as a plugin may, for a subgraph)."""
+
+    def compile(self, graph, config=None):
+        bad = {n.name: {self.name: "Neg: refused by compile"} for n in graph.nodes if n.op_type == "Neg"}
+        if bad:
+            raise UnsupportedOpError(f"{self.name} cannot run {list(bad)}", bad)
+        return super().compile(graph, config)
+
+
+def test_nodes_refused_at_compile_are_placed_again():
+    core = GateCore(devs=[PickyDevice(0, lambda name: None), hetero.Core()._registry.get("CPU")])
+    cm = compile_hetero(core, hetero.read_model(MODEL), parse("HETERO:GATE.0,CPU"), {})
+    assert cm.assignment.device["neg"] == "CPU"
+    assert cm.why("neg") == "fallback to CPU: GATE.0 cannot run it (Neg: refused by compile (refused at compile))"
+    assert [(s.device, s.nodes) for s in cm.plan.subgraphs] == [
+        ("GATE.0", ("mm", "add", "tanh", "sq")), ("CPU", ("neg",)), ("GATE.0", ("sum", "sm"))]
+    np.testing.assert_allclose(run(cm), REF, rtol=1e-5, atol=1e-6)

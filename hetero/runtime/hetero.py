@@ -35,7 +35,8 @@ from ..affinity.assign import fused_originals
 from ..affinity.rules import Rule
 from ..devices.base import Device, ProfileRecord
 from ..devices.registry import ParsedDevice, parse, parse_single
-from ..errors import DeviceError, DeviceStringError, HeteroError, InferError, PropertyError, suggest
+from ..errors import DeviceError, DeviceStringError, HeteroError, InferError, PropertyError, \
+    UnsupportedOpError, suggest
 from ..ir import Graph
 from ..partition import HOST, Plan, Reorder, reorder, split, write_dumps
 from .compiled import CompiledModel
@@ -206,12 +207,17 @@ def device_profile(dev: Device, cfg: Mapping[str, Any]) -> DeviceProfile:
 
 # ---- 3-4. placement ------------------------------------------------------------------------------
 
-def _place(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, Any], strict: bool):
+def _place(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, Any], strict: bool,
+           refused: Mapping[str, Mapping[str, str]] | None = None):
+    """Validate, resolve devices, query them and assign. ``refused``: {device: {node: reason}} for
+    nodes a device's compile turned down although its query accepted them."""
     cfg = _check_config(config)
     devices = _resolve_devices(core, parsed, cfg)
     dev_cfgs = _device_configs(cfg, devices)
     manual, rules = _placement_inputs(cfg, devices)
-    supported = {d.name: d.query(graph) for d in devices}
+    supported = {d.name: dict(d.query(graph)) for d in devices}
+    for dev, nodes in (refused or {}).items():
+        supported.setdefault(dev, {}).update(nodes)
     policy = cfg.get("AFFINITY_POLICY", "FALLBACK")
     costs = None
     if policy == "COST":
@@ -245,16 +251,32 @@ def compile_hetero(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str
 
     t0 = time.perf_counter()
     optimized = prepare_graph(graph)
-    cfg, devices, dev_cfgs, assignment = _place(core, optimized, parsed, config, strict=True)
-    by_name = {d.name: d for d in devices}
-    host = next((d.name for d in devices if d.family == "CPU"), "CPU")
-    plan = split(optimized, assignment, host_device=host).check()
-    traits = {d.name: {"memory": "host" if _host_memory(d) else "device",
-                       "precision": "f32" if _host_memory(d) else str(dev_cfgs[d.name].get("INFERENCE_PRECISION_HINT",
-                                                                                            "f32")),
-                       "layout": str(getattr(d, "layout", "plain"))} for d in devices}
-    plan = reorder(plan, traits).check()
-    exes = [by_name[s.device].compile(plan.subgraph_graph(s.id), dev_cfgs[s.device]) for s in plan.subgraphs]
+    refused: dict[str, dict[str, str]] = {}
+    for _attempt in range(len(optimized.nodes) + 1):
+        cfg, devices, dev_cfgs, assignment = _place(core, optimized, parsed, config, strict=True, refused=refused)
+        by_name = {d.name: d for d in devices}
+        host = next((d.name for d in devices if d.family == "CPU"), "CPU")
+        plan = split(optimized, assignment, host_device=host).check()
+        traits = {d.name: {"memory": "host" if _host_memory(d) else "device",
+                           "precision": "f32" if _host_memory(d) else
+                           str(dev_cfgs[d.name].get("INFERENCE_PRECISION_HINT", "f32")),
+                           "layout": str(getattr(d, "layout", "plain"))} for d in devices}
+        plan = reorder(plan, traits).check()
+        try:
+            exes = [by_name[s.device].compile(plan.subgraph_graph(s.id), dev_cfgs[s.device])
+                    for s in plan.subgraphs]
+            break
+        except UnsupportedOpError as e:
+            # A device's query accepted nodes its compile of this subgraph refuses (e.g. an input that
+            # was a constant in the whole graph is a runtime value here): place them again without it.
+            new = {n: why.get(d, "") for n, why in e.nodes.items() for d in why
+                   if d in by_name and assignment.device.get(n) == d and n not in refused.get(d, {})}
+            if not new:
+                raise
+            for n, why in e.nodes.items():
+                for d, r in why.items():
+                    if assignment.device.get(n) == d:
+                        refused.setdefault(d, {})[n] = f"{r} (refused at compile)"
     runner = PlanRunner(plan, exes, by_name, dev_cfgs)
     streams = max([by_name[d].optimal_streams(dev_cfgs[d]) for d in plan.devices] or [1])
     used = list(plan.devices)
@@ -270,7 +292,8 @@ def compile_hetero(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str
                              extra_properties=extra, original=graph, plan=plan, assignment=assignment)
     env_dump = os.environ.get("HETERO_DUMP_GRAPH_DOT", "").strip().upper() in _TRUE
     if cfg.get("HETERO_DUMP_GRAPH_DOT") or env_dump:
-        cm.dump_files = write_dumps(plan, cfg.get("HETERO_DUMP_DIR") or ".", [d.name for d in devices])
+        where = cfg.get("HETERO_DUMP_DIR") or os.environ.get("HETERO_DUMP_DIR") or "."
+        cm.dump_files = write_dumps(plan, where, [d.name for d in devices])
     if os.environ.get("HETERO_DEBUG", "0") not in ("", "0"):
         print(f"[hetero] {name}: {optimized.name!r} -> {len(plan.subgraphs)} subgraph(s), "
               f"{len(plan.reorders)} Reorder(s)", file=sys.stderr)
@@ -311,6 +334,7 @@ class _ReorderExec:
         self.layout = r.src_layout != r.dst_layout
         self.label = f"{r.src_device}->{r.dst_device}:"
         self.src_device_memory = self.src is not None and not _host_memory(self.src)
+        self.trivial = not (self.src_device_memory or self.layout or self.upload)
 
     def apply(self, x: Any) -> tuple[Any, str, int]:
         done = []
@@ -434,7 +458,10 @@ class PlanRunner:
     # ---- the coordinator ---------------------------------------------------------------------------
     def _move(self, ro: _ReorderExec, x: Any, moved: dict, rrecs: list | None, to_host: bool) -> None:
         if rrecs is None:
-            moved[ro.key] = ro.apply(x)[0]
+            if ro.trivial and type(x) is np.ndarray and x.dtype == ro.want:
+                moved[ro.key] = x  # a hand-off in host memory: nothing to convert, nothing to time
+            else:
+                moved[ro.key] = ro.apply(x)[0]
             return
         t1 = time.perf_counter()
         y, kind, nb = ro.apply(x)
