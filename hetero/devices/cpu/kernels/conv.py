@@ -1,0 +1,541 @@
+"""CPU kernels: Conv (N-d, groups, dilations, auto_pad), ConvTranspose, ConvInteger, QLinearConv,
+DeformConv, Col2Im and the ``hetero`` domain's FusedConv.
+
+How a float Conv runs (NCHW, float32 throughout):
+
+* 1x1 kernels without padding: a plain GEMM ``W (M, C) @ X (C, H*W)`` on the (strided-sliced) input;
+  grouped ones as one batched matmul over groups.
+* depthwise (``group == C``, one input channel per group): a loop over the kh*kw taps, each a
+  vectorised multiply-add over whole output planes.
+* everything else: im2col + GEMM.  The padded input lives in a per-thread workspace; an
+  ``as_strided`` view exposes every (channel, tap, output position) triple without copying, and it
+  is copied chunk by chunk (a band of output rows at a time, sized to stay in cache) into a
+  per-thread column buffer, then one BLAS matmul per chunk writes straight into the output
+  (``out=`` a view of the NCHW result), grouped convs as a batched matmul over groups.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..registry import kernel
+from .nn import apply_activation
+
+# --------------------------------------------------------------------------------------------
+# per-thread workspaces (intermediate buffers only; never returned to callers)
+# --------------------------------------------------------------------------------------------
+
+_tls = threading.local()
+_WS_CACHE_LIMIT = 64 << 20  # bytes; larger scratch buffers are allocated per call
+_COLS_CHUNK_BYTES = 1 << 20  # target size of one im2col chunk (fits L2 next to the GEMM's panels)
+
+
+def workspace(slot: str, n: int, dtype) -> np.ndarray:
+    """A flat scratch array of ``n`` elements, reused across calls on the same thread."""
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    if nbytes > _WS_CACHE_LIMIT:
+        return np.empty(n, dtype)
+    cache = getattr(_tls, "ws", None)
+    if cache is None:
+        cache = _tls.ws = {}
+    key = (slot, dtype.str)
+    buf = cache.get(key)
+    if buf is None or buf.size < n:
+        buf = np.empty(max(n, 1), dtype)
+        cache[key] = buf
+    return buf[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# geometry helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _ints(v, n, default, what):
+    if v is None or (hasattr(v, "__len__") and len(v) == 0):
+        return [default] * n
+    v = [int(a) for a in v]
+    if len(v) != n:
+        raise ValueError(f"{what} has {len(v)} entries, expected {n}")
+    return v
+
+
+def conv_geometry(in_sp, k, strides, dilations, pads, auto_pad):
+    """(pads_begin, pads_end, out_spatial) for a Conv-style sliding window."""
+    n = len(in_sp)
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
+    ext = [(k[i] - 1) * dilations[i] + 1 for i in range(n)]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [-(-in_sp[i] // strides[i]) for i in range(n)]
+        pb, pe = [], []
+        for i in range(n):
+            total = max(0, (out[i] - 1) * strides[i] + ext[i] - in_sp[i])
+            small, big = total // 2, total - total // 2
+            if auto_pad == "SAME_UPPER":
+                pb.append(small)
+                pe.append(big)
+            else:
+                pb.append(big)
+                pe.append(small)
+    elif auto_pad == "VALID":
+        pb, pe = [0] * n, [0] * n
+        out = [max(0, (in_sp[i] - ext[i]) // strides[i] + 1) for i in range(n)]
+    elif auto_pad == "NOTSET":
+        p = _ints(pads, 2 * n, 0, "pads")
+        pb, pe = p[:n], p[n:]
+        out = [max(0, (in_sp[i] + pb[i] + pe[i] - ext[i]) // strides[i] + 1) for i in range(n)]
+    else:
+        raise ValueError(f"unknown auto_pad {auto_pad!r}")
+    return pb, pe, out
+
+
+def pad_input(x, pb, pe, value=0, slot="pad"):
+    """x (N, C, *sp) padded by pb/pe on the spatial axes, in a per-thread workspace.
+
+    Negative pads crop. Returns x itself when there is nothing to pad."""
+    nsp = x.ndim - 2
+    if any(p < 0 for p in pb) or any(p < 0 for p in pe):
+        sl = (slice(None), slice(None)) + tuple(
+            slice(max(0, -pb[i]), x.shape[2 + i] - max(0, -pe[i])) for i in range(nsp))
+        x = x[sl]
+        pb = [max(0, p) for p in pb]
+        pe = [max(0, p) for p in pe]
+    if not any(pb) and not any(pe):
+        return x
+    shape = x.shape[:2] + tuple(x.shape[2 + i] + pb[i] + pe[i] for i in range(nsp))
+    buf = workspace(slot, math.prod(shape), x.dtype).reshape(shape)
+    full = slice(None)
+    for i in range(nsp):
+        lead = (full,) * (2 + i)
+        if pb[i]:
+            buf[lead + (slice(0, pb[i]),)] = value
+        if pe[i]:
+            buf[lead + (slice(shape[2 + i] - pe[i], shape[2 + i]),)] = value
+    inner = (full, full) + tuple(slice(pb[i], pb[i] + x.shape[2 + i]) for i in range(nsp))
+    buf[inner] = x
+    return buf
+
+
+def _compute_dtype(dt):
+    dt = np.dtype(dt)
+    if dt in (np.float32, np.float64):
+        return dt
+    return np.dtype(np.float32)  # half types, bfloat16: compute in float32
+
+
+# --------------------------------------------------------------------------------------------
+# the float convolution core
+# --------------------------------------------------------------------------------------------
+
+
+def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype):
+    """Convolution of float arrays (already in ``dtype``) -> new (N, M, *out_sp) array in ``dtype``."""
+    N, C = x.shape[:2]
+    nsp = x.ndim - 2
+    M = w.shape[0]
+    k = tuple(w.shape[2:])
+    g = int(group)
+    if g <= 0 or C % g or M % g:
+        raise ValueError(f"group={g} must divide input channels {C} and output channels {M}")
+    Cg, Mg = C // g, M // g
+    if w.shape[1] != Cg:
+        raise ValueError(f"weight shape {w.shape} does not match input channels {C} / group {g}")
+    out_sp = tuple(int(o) for o in out_sp)
+    y = np.empty((N, M) + out_sp, dtype)
+    P = math.prod(out_sp)
+    K = math.prod(k)
+    if y.size == 0:
+        return y
+    if Cg * K == 0:
+        y[...] = 0
+    elif K == 1 and not any(pb) and not any(pe):
+        _conv_1x1(x, w, y, g, strides, out_sp, P)
+    elif Cg == 1 and g > 1:
+        _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k)
+    else:
+        _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, b)
+        return y  # bias already added chunk by chunk
+    if b is not None:
+        y += np.asarray(b, dtype=dtype).reshape((1, M) + (1,) * nsp)
+    return y
+
+
+def _conv_1x1(x, w, y, g, strides, out_sp, P):
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    sl = (slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_sp, strides))
+    xs = x[sl]
+    if not xs.flags.c_contiguous:
+        xs = np.ascontiguousarray(xs)
+    if g == 1:
+        np.matmul(w.reshape(M, C), xs.reshape(N, C, P), out=y.reshape(N, M, P))
+    else:
+        np.matmul(w.reshape(g, M // g, C // g), xs.reshape(N, g, C // g, P),
+                  out=y.reshape(N, g, M // g, P))
+
+
+def _tap_slices(k, dilations, strides, out_sp):
+    """For each kernel tap (in C order): the spatial slices of the padded input it reads."""
+    res = []
+    for idx in np.ndindex(*k):
+        res.append(tuple(slice(i * d, i * d + (o - 1) * s + 1, s)
+                         for i, d, s, o in zip(idx, dilations, strides, out_sp)))
+    return res
+
+
+def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k):
+    """Depthwise conv (one input channel per group, ``mult`` outputs per channel).
+
+    numpy's broadcasting multiply (a per-channel weight times a plane) runs far below its
+    contiguous speed, so instead of per-tap multiply-adds the taps are gathered once (a single
+    strided copy of the padded input into (C, K, P) columns) and reduced by one batched matmul
+    (C, mult, K) @ (C, K, P), which writes straight into the output."""
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    mult = M // C
+    K = math.prod(k)
+    P = math.prod(out_sp)
+    xp = pad_input(x, pb, pe)
+    s_n, s_c = xp.strides[:2]
+    s_sp = xp.strides[2:]
+    view = as_strided(
+        xp, (N, C) + tuple(k) + tuple(out_sp),
+        (s_n, s_c) + tuple(d * s for d, s in zip(dilations, s_sp)) + tuple(st * s for st, s in zip(strides, s_sp)),
+        writeable=False)
+    cols = workspace("cols", C * K * P, y.dtype).reshape((C,) + tuple(k) + tuple(out_sp))
+    wk = w.reshape(C, mult, K)
+    yv = y.reshape(N, C, mult, P)
+    for n in range(N):
+        np.copyto(cols, view[n])
+        np.matmul(wk, cols.reshape(C, K, P), out=yv[n])
+
+
+def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, b):
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    nsp = x.ndim - 2
+    Cg, Mg = C // g, M // g
+    K = math.prod(k)
+    CK = Cg * K
+    dt = y.dtype
+    xp = pad_input(x, pb, pe)
+    s_n, s_c = xp.strides[:2]
+    s_sp = xp.strides[2:]
+    view = as_strided(
+        xp, (N, C) + k + tuple(out_sp),
+        (s_n, s_c) + tuple(d * s for d, s in zip(dilations, s_sp)) + tuple(st * s for st, s in zip(strides, s_sp)),
+        writeable=False)
+    wm = w.reshape(g, Mg, CK)
+    if not wm.flags.c_contiguous:
+        wm = np.ascontiguousarray(wm)
+    O0 = out_sp[0]
+    rest = math.prod(out_sp[1:])
+    row_bytes = C * K * rest * dt.itemsize
+    rows = max(1, min(O0, _COLS_CHUNK_BYTES // max(1, row_bytes)))
+    # keep the chunks roughly even so the last one is not tiny
+    nchunks = -(-O0 // rows)
+    rows = -(-O0 // nchunks)
+    cbuf = workspace("cols", C * K * rows * rest, dt)
+    yv = y.reshape(N, g, Mg, O0, rest)
+    bias = None if b is None else np.asarray(b, dtype=dt).reshape(g, Mg, 1)
+    lead = (slice(None),) * (1 + nsp)
+    for n in range(N):
+        vn = view[n]
+        for r0 in range(0, O0, rows):
+            r1 = min(O0, r0 + rows)
+            nr = r1 - r0
+            cb = cbuf[:C * K * nr * rest].reshape((C,) + k + (nr,) + tuple(out_sp[1:]))
+            np.copyto(cb, vn[lead + (slice(r0, r1),)])
+            cm = cb.reshape(g, CK, nr * rest)
+            o = yv[n, :, :, r0:r1, :].reshape(g, Mg, nr * rest, copy=False)
+            if g == 1:
+                np.matmul(wm[0], cm[0], out=o[0])
+            else:
+                np.matmul(wm, cm, out=o)
+            if bias is not None:
+                o += bias
+
+
+def _prepare_conv(x, w, kernel_shape, strides, dilations, pads, auto_pad):
+    if x.ndim < 3:
+        raise ValueError(f"Conv input must have rank >= 3 (N, C, spatial...), got shape {x.shape}")
+    if w.ndim != x.ndim:
+        raise ValueError(f"Conv weight rank {w.ndim} does not match input rank {x.ndim}")
+    nsp = x.ndim - 2
+    k = tuple(w.shape[2:])
+    if kernel_shape is not None and len(kernel_shape) and tuple(int(a) for a in kernel_shape) != k:
+        raise ValueError(f"kernel_shape {list(kernel_shape)} does not match weight shape {w.shape}")
+    st = _ints(strides, nsp, 1, "strides")
+    dl = _ints(dilations, nsp, 1, "dilations")
+    pb, pe, out = conv_geometry(x.shape[2:], k, st, dl, pads, auto_pad)
+    return st, dl, pb, pe, out
+
+
+def conv_float(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+               pads=None, strides=None):
+    st, dl, pb, pe, out = _prepare_conv(x, w, kernel_shape, strides, dilations, pads, auto_pad)
+    odt = np.result_type(x.dtype, w.dtype)
+    cdt = _compute_dtype(odt)
+    xc = x.astype(cdt, copy=False)
+    wc = w.astype(cdt, copy=False)
+    y = conv_core(xc, wc, b, group, st, dl, pb, pe, out, cdt)
+    return y if y.dtype == odt else y.astype(odt)
+
+
+@kernel("Conv", since=1)
+def conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+         strides=None):
+    return conv_float(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
+                      kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@kernel("FusedConv", domain="hetero")
+def fused_conv(X, W, B=None, residual=None, *, auto_pad="NOTSET", dilations=None, group=1,
+               kernel_shape=None, pads=None, strides=None, activation="", activation_params=()):
+    y = conv_float(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
+                   kernel_shape=kernel_shape, pads=pads, strides=strides)
+    if residual is not None:
+        r = np.asarray(residual)
+        if np.broadcast_shapes(y.shape, r.shape) != y.shape:
+            raise ValueError(f"FusedConv residual of shape {r.shape} does not match output {y.shape}")
+        np.add(y, r, out=y, casting="unsafe")
+    if activation:
+        apply_activation(y, activation, activation_params)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# integer / quantised convolutions (exact integer sums via float64 BLAS)
+# --------------------------------------------------------------------------------------------
+
+
+def _centered(v, zp, per_channel_axis0=False):
+    out = v.astype(np.float64)
+    if zp is not None:
+        z = np.asarray(zp).astype(np.float64)
+        if per_channel_axis0 and z.ndim == 1 and z.size > 1:
+            z = z.reshape((-1,) + (1,) * (v.ndim - 1))
+        out -= z
+    return out
+
+
+def _conv_int_acc(x, w, x_zero_point, w_zero_point, B, auto_pad, dilations, group, kernel_shape, pads,
+                  strides):
+    xf = _centered(x, x_zero_point)
+    wf = _centered(w, w_zero_point, per_channel_axis0=True)
+    st, dl, pb, pe, out = _prepare_conv(xf, wf, kernel_shape, strides, dilations, pads, auto_pad)
+    bias = None if B is None else np.asarray(B).astype(np.float64)
+    return conv_core(xf, wf, bias, group, st, dl, pb, pe, out, np.dtype(np.float64))
+
+
+@kernel("ConvInteger", since=10)
+def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None,
+                 group=1, kernel_shape=None, pads=None, strides=None):
+    acc = _conv_int_acc(x, w, x_zero_point, w_zero_point, None, auto_pad, dilations, group,
+                        kernel_shape, pads, strides)
+    return np.rint(acc).astype(np.int32)
+
+
+@kernel("QLinearConv", since=10)
+def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None, *,
+                 auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
+    acc = _conv_int_acc(x, w, x_zero_point, w_zero_point, B, auto_pad, dilations, group,
+                        kernel_shape, pads, strides)
+    ws = np.asarray(w_scale)
+    if ws.ndim == 1 and ws.size > 1:
+        if ws.size != w.shape[0]:
+            raise ValueError(f"w_scale has {ws.size} elements, expected {w.shape[0]} (output channels)")
+        ws = ws.reshape((1, -1) + (1,) * (x.ndim - 2))
+    scale = (np.asarray(x_scale) * ws / np.asarray(y_scale)).astype(np.float64)
+    acc *= scale
+    out_dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else x.dtype
+    info = np.iinfo(out_dtype)
+    np.rint(acc, out=acc)
+    if y_zero_point is not None:
+        acc += np.asarray(y_zero_point).astype(np.float64)
+    np.clip(acc, info.min, info.max, out=acc)
+    return acc.astype(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# ConvTranspose and Col2Im (GEMM + scatter-add over kernel taps)
+# --------------------------------------------------------------------------------------------
+
+
+def _col2im_add(buf, cols, k, dilations, strides, in_sp):
+    """buf (N, C, *full) += scatter of cols (N, C, K, *in_sp) over the kernel taps."""
+    lead = (slice(None), slice(None))
+    for t, sl in enumerate(_tap_slices(k, dilations, strides, in_sp)):
+        buf[lead + sl] += cols[:, :, t]
+
+
+@kernel("ConvTranspose", since=1)
+def conv_transpose(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                   output_padding=None, output_shape=None, pads=None, strides=None):
+    if X.ndim < 3 or W.ndim != X.ndim:
+        raise ValueError(f"ConvTranspose: bad shapes X {X.shape}, W {W.shape}")
+    nsp = X.ndim - 2
+    N, C = X.shape[:2]
+    in_sp = X.shape[2:]
+    g = int(group)
+    if g <= 0 or C % g or W.shape[0] != C:
+        raise ValueError(f"ConvTranspose: weight {W.shape} / group {g} do not match input channels {C}")
+    k = tuple(W.shape[2:])
+    if kernel_shape is not None and len(kernel_shape) and tuple(int(a) for a in kernel_shape) != k:
+        raise ValueError(f"kernel_shape {list(kernel_shape)} does not match weight shape {W.shape}")
+    Mg = W.shape[1]
+    M = Mg * g
+    Cg = C // g
+    st = _ints(strides, nsp, 1, "strides")
+    dl = _ints(dilations, nsp, 1, "dilations")
+    op = _ints(output_padding, nsp, 0, "output_padding")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
+    ext = [(k[i] - 1) * dl[i] + 1 for i in range(nsp)]
+    natural = [st[i] * (in_sp[i] - 1) + op[i] + ext[i] for i in range(nsp)]
+    if output_shape is not None and len(output_shape):
+        out = [int(a) for a in output_shape][-nsp:]
+        if pads is not None and len(pads) and auto_pad == "NOTSET":
+            pb = _ints(pads, 2 * nsp, 0, "pads")[:nsp]
+        else:
+            total = [natural[i] - out[i] for i in range(nsp)]
+            pb = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [in_sp[i] * st[i] for i in range(nsp)]
+        total = [natural[i] - out[i] for i in range(nsp)]
+        pb = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+    elif auto_pad in ("NOTSET", "VALID"):
+        p = _ints(pads, 2 * nsp, 0, "pads") if auto_pad == "NOTSET" else [0] * (2 * nsp)
+        pb = p[:nsp]
+        out = [natural[i] - p[i] - p[nsp + i] for i in range(nsp)]
+    else:
+        raise ValueError(f"unknown auto_pad {auto_pad!r}")
+    odt = np.result_type(X.dtype, W.dtype)
+    cdt = _compute_dtype(odt)
+    x = X.astype(cdt, copy=False)
+    w = W.astype(cdt, copy=False)
+    K = math.prod(k)
+    Pin = math.prod(in_sp)
+    full = [st[i] * (in_sp[i] - 1) + ext[i] for i in range(nsp)]
+    y = np.zeros((N, M) + tuple(max(0, o) for o in out), cdt)
+    if y.size and Pin and K and Cg:
+        # cols[n, g, (mg, tap), p] = sum_c W[g*Cg + c, mg, tap] * x[n, g*Cg + c, p]
+        wt = np.ascontiguousarray(w.reshape(g, Cg, Mg * K).transpose(0, 2, 1))
+        xm = x.reshape(N, g, Cg, Pin)
+        cols = np.matmul(wt, xm)  # (N, g, Mg*K, Pin)
+        cols = cols.reshape((N, M, K) + tuple(in_sp))
+        buf = np.zeros((N, M) + tuple(full), cdt)
+        _col2im_add(buf, cols, k, dl, st, in_sp)
+        # copy the window [pb, pb + out) of buf into y (zeros where it falls outside buf)
+        src, dst = [], []
+        for i in range(nsp):
+            lo, hi = pb[i], pb[i] + out[i]
+            a, bnd = max(lo, 0), min(hi, full[i])
+            if bnd <= a:
+                src = None
+                break
+            src.append(slice(a, bnd))
+            dst.append(slice(a - lo, bnd - lo))
+        if src is not None:
+            y[(slice(None), slice(None)) + tuple(dst)] = buf[(slice(None), slice(None)) + tuple(src)]
+    if B is not None and y.size:
+        y += np.asarray(B, dtype=cdt).reshape((1, M) + (1,) * nsp)
+    return y if y.dtype == odt else y.astype(odt)
+
+
+@kernel("Col2Im", since=18)
+def col2im(input, image_shape, block_shape, *, dilations=None, pads=None, strides=None):
+    img = [int(a) for a in np.asarray(image_shape).reshape(-1)]
+    blk = [int(a) for a in np.asarray(block_shape).reshape(-1)]
+    nsp = len(img)
+    if len(blk) != nsp:
+        raise ValueError(f"Col2Im: image_shape {img} and block_shape {blk} differ in rank")
+    st = _ints(strides, nsp, 1, "strides")
+    dl = _ints(dilations, nsp, 1, "dilations")
+    p = _ints(pads, 2 * nsp, 0, "pads")
+    pb, pe = p[:nsp], p[nsp:]
+    K = math.prod(blk)
+    N, CK, L = input.shape
+    if CK % K:
+        raise ValueError(f"Col2Im: input dim 1 ({CK}) is not a multiple of prod(block_shape) ({K})")
+    C = CK // K
+    nb = [(img[i] + pb[i] + pe[i] - ((blk[i] - 1) * dl[i] + 1)) // st[i] + 1 for i in range(nsp)]
+    if math.prod(nb) != L:
+        raise ValueError(f"Col2Im: input has {L} blocks, geometry gives {nb} = {math.prod(nb)}")
+    full = [img[i] + pb[i] + pe[i] for i in range(nsp)]
+    buf = np.zeros((N, C) + tuple(full), input.dtype)
+    cols = input.reshape((N, C, K) + tuple(nb))
+    _col2im_add(buf, cols, tuple(blk), dl, st, nb)
+    sl = (slice(None), slice(None)) + tuple(slice(pb[i], pb[i] + img[i]) for i in range(nsp))
+    return np.ascontiguousarray(buf[sl])
+
+
+# --------------------------------------------------------------------------------------------
+# DeformConv (bilinear sampling into im2col columns, then GEMM)
+# --------------------------------------------------------------------------------------------
+
+
+@kernel("DeformConv", since=19)
+def deform_conv(X, W, offset, B=None, mask=None, *, dilations=None, group=1, kernel_shape=None,
+                offset_group=1, pads=None, strides=None):
+    if X.ndim < 3:
+        raise ValueError(f"DeformConv input must have rank >= 3, got {X.shape}")
+    nsp = X.ndim - 2
+    N, C = X.shape[:2]
+    in_sp = X.shape[2:]
+    M = W.shape[0]
+    k = tuple(W.shape[2:])
+    K = math.prod(k)
+    st = _ints(strides, nsp, 1, "strides")
+    dl = _ints(dilations, nsp, 1, "dilations")
+    pb, pe, out = conv_geometry(in_sp, k, st, dl, pads, "NOTSET")
+    G = int(group)
+    OG = int(offset_group)
+    if C % OG or C % G:
+        raise ValueError(f"DeformConv: channels {C} not divisible by group {G} / offset_group {OG}")
+    odt = np.result_type(X.dtype, W.dtype)
+    cdt = _compute_dtype(odt)
+    x = X.astype(cdt, copy=False)
+    P = math.prod(out)
+    off = np.asarray(offset, dtype=cdt).reshape((N, OG, K, nsp, P))
+    # base sampling coordinates per (tap, output position) on every spatial axis
+    coords = []
+    for ax in range(nsp):
+        tap_pos = np.array([idx[ax] for idx in np.ndindex(*k)], dtype=cdt) * dl[ax]  # (K,)
+        o_shape = [1] * nsp
+        o_shape[ax] = out[ax]
+        opos = (np.arange(out[ax], dtype=cdt) * st[ax] - pb[ax]).reshape(o_shape)
+        opos = np.broadcast_to(opos, out).reshape(-1)  # (P,)
+        base = tap_pos[:, None] + opos[None, :]  # (K, P)
+        coords.append(base[None, None] + off[:, :, :, ax, :])  # (N, OG, K, P)
+    # multilinear interpolation with zero outside the input
+    Cog = C // OG
+    xg = x.reshape(N, OG, Cog, math.prod(in_sp))
+    cols = np.zeros((N, OG, Cog, K * P), cdt)
+    floors = [np.floor(c) for c in coords]
+    fracs = [c - f for c, f in zip(coords, floors)]
+    floors = [f.astype(np.int64) for f in floors]
+    for corner in np.ndindex(*([2] * nsp)):
+        wgt = np.ones((N, OG, K, P), cdt)
+        flat = np.zeros((N, OG, K, P), np.int64)
+        valid = np.ones((N, OG, K, P), bool)
+        for ax in range(nsp):
+            pos = floors[ax] + corner[ax]
+            wgt *= fracs[ax] if corner[ax] else (1 - fracs[ax])
+            valid &= (pos >= 0) & (pos < in_sp[ax])
+            flat = flat * in_sp[ax] + np.clip(pos, 0, in_sp[ax] - 1)
+        wgt *= valid
+        vals = np.take_along_axis(xg, flat.reshape(N, OG, 1, K * P), axis=3)  # (N, OG, Cog, K*P)
+        vals *= wgt.reshape(N, OG, 1, K * P)
+        cols += vals
+    if mask is not None:
+        cols *= np.asarray(mask, dtype=cdt).reshape(N, OG, 1, K * P)
+    cols = cols.reshape(N, G, (C // G) * K, P)
+    wm = W.astype(cdt, copy=False).reshape(G, M // G, (C // G) * K)
+    y = np.matmul(wm, cols).reshape((N, M) + tuple(out))
+    if B is not None:
+        y += np.asarray(B, dtype=cdt).reshape((1, M) + (1,) * nsp)
+    return y if y.dtype == odt else y.astype(odt)

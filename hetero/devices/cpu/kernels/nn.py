@@ -1,0 +1,422 @@
+"""CPU kernels: normalisations, LRN, Gemm/MatMul (+ integer and quantised forms), Dropout, and the
+fused Gemm/MatMul + activation kernels of the ``hetero`` domain.
+
+Everything stays in the input's float dtype (float32 in -> float32 math, no float64 temporaries);
+matrix products go through ``np.matmul`` on float arrays so BLAS does the work.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import kernel
+
+# --------------------------------------------------------------------------------------------
+# shared helpers (also used by conv.py / pool.py)
+# --------------------------------------------------------------------------------------------
+
+ACTIVATIONS = ("", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh")
+
+
+def apply_activation(y: np.ndarray, activation: str, params=None) -> np.ndarray:
+    """Apply ``activation`` to ``y`` IN PLACE (``y`` must be a buffer the caller owns)."""
+    if not activation:
+        return y
+    params = list(params or [])
+    if activation == "Relu":
+        np.maximum(y, 0, out=y)
+    elif activation == "Clip":
+        lo = params[0] if len(params) > 0 else None
+        hi = params[1] if len(params) > 1 else None
+        if lo is not None:
+            np.maximum(y, np.asarray(lo, dtype=y.dtype), out=y)
+        if hi is not None:
+            np.minimum(y, np.asarray(hi, dtype=y.dtype), out=y)
+    elif activation == "LeakyRelu":
+        alpha = np.asarray(params[0] if params else 0.01, dtype=y.dtype)
+        np.multiply(y, alpha, out=y, where=y < 0)
+    elif activation == "Sigmoid":
+        with np.errstate(over="ignore"):
+            np.negative(y, out=y)
+            np.exp(y, out=y)
+            y += 1
+            np.reciprocal(y, out=y)
+    elif activation == "HardSigmoid":
+        alpha = params[0] if len(params) > 0 else 0.2
+        beta = params[1] if len(params) > 1 else 0.5
+        y *= np.asarray(alpha, dtype=y.dtype)
+        y += np.asarray(beta, dtype=y.dtype)
+        np.clip(y, 0, 1, out=y)
+    elif activation == "HardSwish":
+        t = y * np.asarray(1.0 / 6.0, dtype=y.dtype)
+        t += np.asarray(0.5, dtype=y.dtype)
+        np.clip(t, 0, 1, out=t)
+        y *= t
+    elif activation == "Tanh":
+        np.tanh(y, out=y)
+    else:
+        raise ValueError(f"unsupported fused activation {activation!r}; expected one of {ACTIVATIONS}")
+    return y
+
+
+def _norm_axis(axis: int, rank: int, what: str = "axis") -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise ValueError(f"{what}={axis} out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def _float_compute_dtype(dtype, stash_type: int = 1):
+    """dtype used for statistics: float32 for stash_type 1 (upcasting half types), else the input dtype."""
+    dtype = np.dtype(dtype)
+    if stash_type == 1:
+        return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    return dtype
+
+
+def _scalar_f(v, dtype):
+    return np.asarray(v, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNormalization
+# --------------------------------------------------------------------------------------------
+
+
+def _bn_param(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Broadcast a BN parameter against x (N, C, ...): per-channel (C,) or per-activation (C, D1..)."""
+    p = np.asarray(p)
+    C = x.shape[1] if x.ndim > 1 else 1
+    if p.ndim <= 1 and p.size == C:
+        return p.reshape((1, C) + (1,) * (x.ndim - 2))
+    return p.reshape((1,) + p.shape)
+
+
+@kernel("BatchNormalization", since=1)
+def batch_normalization(x, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
+                        training_mode=0, is_test=0, spatial=1, consumed_inputs=None,
+                        _num_outputs=1, _opset=None):
+    dt = x.dtype
+    training = bool(training_mode) or (_opset is not None and _opset < 14 and _num_outputs > 1 and not is_test)
+    eps = float(epsilon)
+    if not training:
+        mean = _bn_param(input_mean, x).astype(dt, copy=False)
+        var = _bn_param(input_var, x).astype(dt, copy=False)
+        a = _bn_param(scale, x).astype(dt, copy=False) / np.sqrt(var + _scalar_f(eps, dt))
+        b = _bn_param(B, x).astype(dt, copy=False) - mean * a
+        y = x * a
+        y += b
+        return y
+    axes = (0,) + tuple(range(2, x.ndim))
+    cdt = _float_compute_dtype(dt)
+    xc = x.astype(cdt, copy=False)
+    bmean = xc.mean(axis=axes, keepdims=True)
+    d = xc - bmean
+    bvar = np.mean(d * d, axis=axes, keepdims=True)
+    inv = 1.0 / np.sqrt(bvar + _scalar_f(eps, cdt))
+    d *= inv
+    d *= _bn_param(scale, x).astype(cdt, copy=False)
+    d += _bn_param(B, x).astype(cdt, copy=False)
+    y = d.astype(dt, copy=False)
+    m = np.asarray(momentum, dtype=cdt)
+    sm = bmean.reshape(-1)
+    sv = bvar.reshape(-1)
+    run_mean = (np.asarray(input_mean, dtype=cdt).reshape(-1) * m + sm * (1 - m)).astype(dt)
+    run_var = (np.asarray(input_var, dtype=cdt).reshape(-1) * m + sv * (1 - m)).astype(dt)
+    run_mean = run_mean.reshape(np.shape(input_mean))
+    run_var = run_var.reshape(np.shape(input_var))
+    if _opset is not None and _opset >= 14:
+        res = (y, run_mean, run_var)
+    else:
+        res = (y, run_mean, run_var, sm.astype(dt), sv.astype(dt))
+    return res[:max(1, _num_outputs)]
+
+
+# --------------------------------------------------------------------------------------------
+# Instance / Layer / Group / RMS / MeanVariance normalisation, LRN
+# --------------------------------------------------------------------------------------------
+
+
+def _normalize(x, axes, eps, cdt):
+    """(x - mean) / sqrt(var + eps) over ``axes`` in dtype cdt; returns (normed, mean, inv_std)."""
+    xc = x.astype(cdt, copy=True) if x.dtype != cdt else x.copy()
+    mean = xc.mean(axis=axes, keepdims=True, dtype=cdt)
+    xc -= mean
+    var = np.mean(np.square(xc), axis=axes, keepdims=True, dtype=cdt)
+    var += _scalar_f(eps, cdt)
+    inv = np.sqrt(var, out=var)
+    np.reciprocal(inv, out=inv)
+    xc *= inv
+    return xc, mean, inv
+
+
+@kernel("InstanceNormalization", since=1)
+def instance_normalization(x, scale, B, *, epsilon=1e-5, consumed_inputs=None):
+    if x.ndim < 2:
+        raise ValueError("InstanceNormalization expects input of rank >= 2")
+    dt = x.dtype
+    cdt = _float_compute_dtype(dt)
+    axes = tuple(range(2, x.ndim))
+    if not axes:
+        y = np.zeros_like(x, dtype=cdt)
+    else:
+        y, _, _ = _normalize(x, axes, epsilon, cdt)
+    shp = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    y *= np.asarray(scale, dtype=cdt).reshape(shp)
+    y += np.asarray(B, dtype=cdt).reshape(shp)
+    return y.astype(dt, copy=False)
+
+
+@kernel("LayerNormalization", since=17)
+def layer_normalization(x, scale, B=None, *, axis=-1, epsilon=1e-5, stash_type=1, _num_outputs=1):
+    dt = x.dtype
+    rank = x.ndim
+    ax = _norm_axis(axis, rank)
+    cdt = _float_compute_dtype(dt, stash_type)
+    axes = tuple(range(ax, rank))
+    y, mean, inv = _normalize(x, axes, epsilon, cdt)
+    y *= np.asarray(scale, dtype=cdt)
+    if B is not None:
+        y += np.asarray(B, dtype=cdt)
+    y = y.astype(dt, copy=False)
+    if _num_outputs <= 1:
+        return y
+    return (y, mean, inv)[:_num_outputs]
+
+
+@kernel("RMSNormalization", since=23)
+def rms_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
+    dt = x.dtype
+    ax = _norm_axis(axis, x.ndim)
+    cdt = _float_compute_dtype(dt, stash_type)
+    axes = tuple(range(ax, x.ndim))
+    xc = x.astype(cdt, copy=False)
+    ms = np.mean(np.square(xc), axis=axes, keepdims=True, dtype=cdt)
+    ms += _scalar_f(epsilon, cdt)
+    np.sqrt(ms, out=ms)
+    np.reciprocal(ms, out=ms)
+    y = xc * ms
+    y *= np.asarray(scale, dtype=cdt)
+    return y.astype(dt, copy=False)
+
+
+@kernel("GroupNormalization", since=18)
+def group_normalization(x, scale, bias, *, num_groups, epsilon=1e-5, stash_type=1):
+    dt = x.dtype
+    N, C = x.shape[0], x.shape[1]
+    G = int(num_groups)
+    if G <= 0 or C % G:
+        raise ValueError(f"GroupNormalization: channels {C} not divisible by num_groups {G}")
+    cdt = _float_compute_dtype(dt, stash_type)
+    xg = x.reshape(N, G, -1)
+    y, _, _ = _normalize(xg, (2,), epsilon, cdt)
+    y = y.reshape(x.shape)
+    scale = np.asarray(scale, dtype=cdt).reshape(-1)
+    bias = np.asarray(bias, dtype=cdt).reshape(-1)
+    if scale.size == G and G != C:  # opset-18 form: one scale/bias per group
+        scale = np.repeat(scale, C // G)
+    if bias.size == G and G != C:
+        bias = np.repeat(bias, C // G)
+    shp = (1, C) + (1,) * (x.ndim - 2)
+    y *= scale.reshape(shp)
+    y += bias.reshape(shp)
+    return y.astype(dt, copy=False)
+
+
+@kernel("MeanVarianceNormalization", since=9)
+def mean_variance_normalization(x, *, axes=(0, 2, 3)):
+    dt = x.dtype
+    cdt = _float_compute_dtype(dt)
+    axes = tuple(sorted({_norm_axis(a, x.ndim, "axes") for a in axes}))
+    xc = x.astype(cdt, copy=True)
+    mean = xc.mean(axis=axes, keepdims=True)
+    xc -= mean
+    std = np.sqrt(np.mean(np.square(xc), axis=axes, keepdims=True))
+    std += _scalar_f(1e-9, cdt)
+    xc /= std
+    return xc.astype(dt, copy=False)
+
+
+@kernel("LRN", since=1)
+def lrn(x, *, size, alpha=0.0001, beta=0.75, bias=1.0):
+    dt = x.dtype
+    cdt = _float_compute_dtype(dt)
+    size = int(size)
+    C = x.shape[1]
+    xc = x.astype(cdt, copy=False)
+    sq = np.square(xc)
+    lo = (size - 1) // 2
+    hi = size - 1 - lo  # ceil((size-1)/2)
+    s = sq.copy()
+    for off in range(1, lo + 1):  # channels c - off
+        if off < C:
+            s[:, off:] += sq[:, :C - off]
+    for off in range(1, hi + 1):  # channels c + off
+        if off < C:
+            s[:, :C - off] += sq[:, off:]
+    s *= _scalar_f(alpha / size, cdt)
+    s += _scalar_f(bias, cdt)
+    if beta == 0.75:
+        r = np.sqrt(s)          # s^0.5
+        np.sqrt(r, out=s)       # s^0.25
+        s *= r                  # s^0.75
+    elif beta == 0.5:
+        np.sqrt(s, out=s)
+    elif beta == 1.0:
+        pass
+    else:
+        np.power(s, _scalar_f(beta, cdt), out=s)
+    y = xc / s
+    return y.astype(dt, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Gemm / MatMul
+# --------------------------------------------------------------------------------------------
+
+
+def _gemm(A, B, C, alpha, beta, transA, transB):
+    a = A.T if transA else A
+    b = B.T if transB else B
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"Gemm expects 2-D A and B, got {A.shape} and {B.shape}")
+    dt = np.result_type(A.dtype, B.dtype)
+    y = np.matmul(a, b)
+    if y.dtype != dt:
+        y = y.astype(dt)
+    if alpha != 1.0:
+        y *= np.asarray(alpha, dtype=dt)
+    if C is not None and beta != 0.0:
+        c = np.asarray(C)
+        if beta != 1.0:
+            c = c * np.asarray(beta, dtype=c.dtype)
+        if c.dtype != dt:
+            c = c.astype(dt)
+        try:
+            np.add(y, c, out=y)
+        except ValueError:
+            raise ValueError(f"Gemm: C of shape {np.shape(C)} does not broadcast to {y.shape}") from None
+    return y
+
+
+@kernel("Gemm", since=1)
+def gemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
+    return _gemm(A, B, C, alpha, beta, transA, transB)
+
+
+def _matmul(A, B):
+    if A.ndim == 0 or B.ndim == 0:
+        raise ValueError("MatMul does not accept scalars")
+    dt = np.result_type(A.dtype, B.dtype)
+    if dt.kind == "f" and dt.itemsize < 4 or dt.kind == "V":
+        # half / bfloat16: accumulate in float32 (BLAS), round once at the end
+        y = np.matmul(A.astype(np.float32), B.astype(np.float32))
+    else:
+        y = np.matmul(A, B)
+    return y if y.dtype == dt else y.astype(dt)
+
+
+@kernel("MatMul", since=1)
+def matmul(A, B):
+    return _matmul(A, B)
+
+
+@kernel("MatMulInteger", since=10)
+def matmul_integer(A, B, a_zero_point=None, b_zero_point=None):
+    a = A.astype(np.float64)
+    if a_zero_point is not None:
+        az = np.asarray(a_zero_point).astype(np.float64)
+        if az.ndim >= 1 and az.size > 1 and a.ndim >= 1:
+            # per-row zero point: shape (M,) or (..., M, 1)
+            az = az.reshape(az.shape + (1,)) if az.shape[-1] != 1 else az
+        a -= az
+    b = B.astype(np.float64)
+    if b_zero_point is not None:
+        b -= np.asarray(b_zero_point).astype(np.float64)
+    return np.matmul(a, b).astype(np.int32)
+
+
+def _requantize(acc, scale, y_zero_point, out_dtype):
+    """Round half-to-even, add zero point, saturate to the integer output type."""
+    info = np.iinfo(out_dtype)
+    acc = np.rint(acc)
+    if y_zero_point is not None:
+        acc += np.asarray(y_zero_point).astype(acc.dtype)
+    np.clip(acc, info.min, info.max, out=acc)
+    return acc.astype(out_dtype)
+
+
+@kernel("QLinearMatMul", since=10)
+def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+    a_ = a.astype(np.float64)
+    if a_zero_point is not None:
+        az = np.asarray(a_zero_point).astype(np.float64)
+        a_ -= az[..., None] if az.ndim >= 1 and az.size > 1 else az
+    b_ = b.astype(np.float64)
+    if b_zero_point is not None:
+        b_ -= np.asarray(b_zero_point).astype(np.float64)
+    acc = np.matmul(a_, b_)  # exact integer products/sums
+    a_s = np.asarray(a_scale)
+    if a_s.ndim >= 1 and a_s.size > 1:
+        a_s = a_s[..., None]
+    scale = a_s * np.asarray(b_scale) / np.asarray(y_scale)
+    acc *= scale.astype(np.float64)
+    out_dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else a.dtype
+    return _requantize(acc, None, y_zero_point, out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout
+# --------------------------------------------------------------------------------------------
+
+
+@kernel("Dropout", since=1)
+def dropout(data, ratio=None, training_mode=None, *, seed=None, is_test=0, consumed_inputs=None,
+            _num_outputs=1, _opset=None):
+    if isinstance(ratio, np.ndarray) or ratio is None:
+        r = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+    else:
+        r = float(ratio)
+    training = bool(np.asarray(training_mode).reshape(-1)[0]) if training_mode is not None else False
+    op = _opset or 22
+    mask_dtype = data.dtype if op < 10 else np.bool_
+    if not training or r == 0.0:
+        y = data
+        if _num_outputs <= 1:
+            return y
+        return y, np.ones(data.shape, dtype=mask_dtype)
+    if not 0.0 <= r < 1.0:
+        raise ValueError(f"Dropout ratio must be in [0, 1), got {r}")
+    # a seeded MT19937 stream (numpy's legacy RandomState), so a given seed is reproducible
+    rng = np.random.RandomState(None if seed is None else int(seed) & 0xFFFFFFFF)
+    keep = rng.uniform(0.0, 1.0, data.shape) >= r
+    scale = np.asarray(1.0 / (1.0 - r), dtype=data.dtype)
+    y = data * scale
+    y *= keep
+    if _num_outputs <= 1:
+        return y
+    return y, keep.astype(mask_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# hetero-domain fused kernels
+# --------------------------------------------------------------------------------------------
+
+
+@kernel("FusedGemm", domain="hetero")
+def fused_gemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, activation="",
+               activation_params=()):
+    y = _gemm(A, B, C, alpha, beta, transA, transB)
+    if activation:
+        if not y.flags.writeable or y.base is not None and not y.flags.owndata:
+            y = y.copy()
+        apply_activation(y, activation, activation_params)
+    return y
+
+
+@kernel("FusedMatMul", domain="hetero")
+def fused_matmul(A, B, *, activation="", activation_params=()):
+    y = _matmul(A, B)
+    if activation:
+        if not y.flags.owndata:
+            y = y.copy()
+        apply_activation(y, activation, activation_params)
+    return y

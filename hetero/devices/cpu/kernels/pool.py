@@ -1,0 +1,297 @@
+"""CPU kernels: MaxPool (+ Indices), AveragePool, LpPool, the Global* pools, MaxUnpool, MaxRoiPool.
+
+Window reductions are separable: a box max/sum over k0 x k1 x ... taps is reduced one spatial axis
+at a time (k0 + k1 + ... strided whole-array ops instead of k0 * k1 * ...). Padding goes into a
+per-thread workspace (-inf / dtype min for max, 0 for sums); AveragePool's divisor is the product of
+per-axis window counts, so no mask pooling is needed. MaxPool with an Indices output tracks the
+winning tap over all taps (first maximum wins) and turns it into flat NCHW indices.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..registry import kernel
+from .conv import _compute_dtype, _ints, _tap_slices, conv_geometry, pad_input, workspace
+
+
+def _pool_geometry(in_sp, k, st, dl, pads, auto_pad, ceil_mode):
+    """(pads_begin, declared pads_end, pads_end needed for the windows, out_spatial)."""
+    n = len(in_sp)
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
+    ext = [(k[i] - 1) * dl[i] + 1 for i in range(n)]
+    if auto_pad != "NOTSET" or not ceil_mode:
+        pb, pe, out = conv_geometry(in_sp, k, st, dl, pads, auto_pad)
+    else:
+        p = _ints(pads, 2 * n, 0, "pads")
+        pb, pe = p[:n], p[n:]
+        out = []
+        for i in range(n):
+            span = in_sp[i] + pb[i] + pe[i] - ext[i]
+            o = -(-span // st[i]) + 1 if span >= 0 else 0
+            if o > 0 and (o - 1) * st[i] >= in_sp[i] + pb[i]:  # last window must start inside
+                o -= 1
+            out.append(max(0, o))
+    pe_need = [max(pe[i], (out[i] - 1) * st[i] + ext[i] - in_sp[i] - pb[i]) if out[i] > 0 else pe[i]
+               for i in range(n)]
+    return pb, pe, pe_need, out
+
+
+def _prep(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, what):
+    if x.ndim < 3:
+        raise ValueError(f"{what} input must have rank >= 3 (N, C, spatial...), got shape {x.shape}")
+    nsp = x.ndim - 2
+    if kernel_shape is None or len(kernel_shape) != nsp:
+        raise ValueError(f"{what}: kernel_shape {kernel_shape} must have {nsp} entries")
+    k = tuple(int(a) for a in kernel_shape)
+    st = _ints(strides, nsp, 1, "strides")
+    dl = _ints(dilations, nsp, 1, "dilations")
+    pb, pe, pe_need, out = _pool_geometry(x.shape[2:], k, st, dl, pads, auto_pad, ceil_mode)
+    return k, st, dl, pb, pe, pe_need, out
+
+
+def _separable_reduce(xp, k, dl, st, out, ufunc, dtype):
+    """Reduce windows of the padded array xp (N, C, *padded) with ufunc (maximum / add), axis by axis."""
+    nsp = xp.ndim - 2
+    a = xp
+    order = list(range(nsp - 1, -1, -1))  # last axis first: shrinks the data early for strided pools
+    for step, ax in enumerate(order):
+        last = step == nsp - 1
+        shape = list(a.shape)
+        shape[2 + ax] = out[ax]
+        if last:
+            r = np.empty(shape, dtype)
+        else:
+            r = workspace(f"pool{step % 2}", math.prod(shape), dtype).reshape(shape)
+        lead = (slice(None),) * (2 + ax)
+        for t in range(k[ax]):
+            src = a[lead + (slice(t * dl[ax], t * dl[ax] + (out[ax] - 1) * st[ax] + 1, st[ax]),)]
+            if t == 0:
+                np.copyto(r, src, casting="unsafe")
+            else:
+                ufunc(r, src, out=r)
+        a = r
+    return a
+
+
+def _min_value(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return -np.inf
+    if dtype.kind in "iu":
+        return np.iinfo(dtype).min
+    if dtype.kind == "b":
+        return False
+    raise ValueError(f"MaxPool does not support dtype {dtype}")
+
+
+@kernel("MaxPool", since=1)
+def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+             storage_order=0, strides=None, _num_outputs=1):
+    k, st, dl, pb, pe, pe_need, out = _prep(X, kernel_shape, strides, dilations, pads, auto_pad,
+                                            ceil_mode, "MaxPool")
+    N, C = X.shape[:2]
+    nsp = X.ndim - 2
+    dt = X.dtype
+    if math.prod(out) == 0 or N * C == 0:
+        y = np.empty((N, C) + tuple(out), dt)
+        return y if _num_outputs <= 1 else (y, np.empty(y.shape, np.int64))
+    xp = pad_input(X, pb, pe_need, value=_min_value(dt))
+    if _num_outputs <= 1:
+        return _separable_reduce(xp, k, dl, st, out, np.maximum, dt)
+    # values + indices: running max over all taps, remembering the first winning tap
+    taps = _tap_slices(k, dl, st, out)
+    lead = (slice(None), slice(None))
+    y = np.array(xp[lead + taps[0]], dtype=dt, copy=True)
+    best = np.zeros(y.shape, np.int32)
+    for t in range(1, len(taps)):
+        v = xp[lead + taps[t]]
+        m = v > y
+        np.copyto(y, v, where=m)
+        best[m] = t
+    tap_idx = np.array(list(np.ndindex(*k)), dtype=np.int64).reshape(-1, nsp)
+    in_sp = X.shape[2:]
+    if storage_order:
+        mult = [math.prod(in_sp[:i]) for i in range(nsp)]  # column-major over spatial axes
+    else:
+        mult = [math.prod(in_sp[i + 1:]) for i in range(nsp)]
+    plane = math.prod(in_sp)
+    idx = (np.arange(N * C, dtype=np.int64) * plane).reshape((N, C) + (1,) * nsp)
+    idx = np.broadcast_to(idx, y.shape).copy()
+    for ax in range(nsp):
+        oshape = [1] * (nsp + 2)
+        oshape[2 + ax] = out[ax]
+        base = (np.arange(out[ax], dtype=np.int64) * st[ax] - pb[ax]).reshape(oshape)
+        coord = base + tap_idx[best, ax] * dl[ax]
+        idx += coord * mult[ax]
+    return y, idx
+
+
+def _divisor(in_sp, k, st, dl, pb, pe, out, count_include_pad, dtype):
+    """Per-output window element counts (product of per-axis counts), shaped (*out)."""
+    div = None
+    nsp = len(in_sp)
+    for ax in range(nsp):
+        lo, hi = (-pb[ax], in_sp[ax] + pe[ax]) if count_include_pad else (0, in_sp[ax])
+        pos = (np.arange(out[ax])[:, None] * st[ax] - pb[ax] + np.arange(k[ax])[None, :] * dl[ax])
+        cnt = ((pos >= lo) & (pos < hi)).sum(axis=1).astype(dtype)
+        shp = [1] * nsp
+        shp[ax] = out[ax]
+        cnt = cnt.reshape(shp)
+        div = cnt if div is None else div * cnt
+    return div
+
+
+@kernel("AveragePool", since=1)
+def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
+                 kernel_shape=None, pads=None, strides=None):
+    k, st, dl, pb, pe, pe_need, out = _prep(X, kernel_shape, strides, dilations, pads, auto_pad,
+                                            ceil_mode, "AveragePool")
+    N, C = X.shape[:2]
+    dt = X.dtype
+    cdt = _compute_dtype(dt)
+    if math.prod(out) == 0 or N * C == 0:
+        return np.empty((N, C) + tuple(out), dt)
+    x = X.astype(cdt, copy=False)
+    xp = pad_input(x, pb, pe_need, value=0)
+    y = _separable_reduce(xp, k, dl, st, out, np.add, cdt)
+    div = _divisor(X.shape[2:], k, st, dl, pb, pe, out, count_include_pad, cdt)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y /= div
+    return y if y.dtype == dt else y.astype(dt)
+
+
+@kernel("LpPool", since=1)
+def lp_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, p=2, pads=None,
+            strides=None):
+    k, st, dl, pb, pe, pe_need, out = _prep(X, kernel_shape, strides, dilations, pads, auto_pad,
+                                            ceil_mode, "LpPool")
+    N, C = X.shape[:2]
+    dt = X.dtype
+    cdt = _compute_dtype(dt)
+    if math.prod(out) == 0 or N * C == 0:
+        return np.empty((N, C) + tuple(out), dt)
+    p = float(p)
+    x = np.abs(X.astype(cdt, copy=False))
+    if p == 2.0:
+        np.square(x, out=x)
+    elif p != 1.0:
+        np.power(x, np.asarray(p, cdt), out=x)
+    xp = pad_input(x, pb, pe_need, value=0)
+    y = _separable_reduce(xp, k, dl, st, out, np.add, cdt)
+    if p == 2.0:
+        np.sqrt(y, out=y)
+    elif p != 1.0:
+        np.power(y, np.asarray(1.0 / p, cdt), out=y)
+    return y if y.dtype == dt else y.astype(dt)
+
+
+# --------------------------------------------------------------------------------------------
+# global pools
+# --------------------------------------------------------------------------------------------
+
+
+def _global_shape(X):
+    if X.ndim < 2:
+        raise ValueError(f"global pooling expects rank >= 2, got shape {X.shape}")
+    return X.shape[:2] + (1,) * (X.ndim - 2)
+
+
+@kernel("GlobalAveragePool", since=1)
+def global_average_pool(X):
+    dt = X.dtype
+    cdt = _compute_dtype(dt)
+    N, C = X.shape[:2]
+    y = X.reshape(N * C, -1).mean(axis=1, dtype=cdt)
+    return y.reshape(_global_shape(X)).astype(dt, copy=False)
+
+
+@kernel("GlobalMaxPool", since=1)
+def global_max_pool(X):
+    N, C = X.shape[:2]
+    y = X.reshape(N * C, -1).max(axis=1)
+    return y.reshape(_global_shape(X))
+
+
+@kernel("GlobalLpPool", since=1)
+def global_lp_pool(X, *, p=2):
+    dt = X.dtype
+    cdt = _compute_dtype(dt)
+    N, C = X.shape[:2]
+    x = np.abs(X.reshape(N * C, -1).astype(cdt, copy=False))
+    p = float(p)
+    if p == 2.0:
+        y = np.sqrt(np.einsum("ij,ij->i", x, x))
+    else:
+        y = np.power(np.power(x, np.asarray(p, cdt)).sum(axis=1), np.asarray(1.0 / p, cdt))
+    return y.reshape(_global_shape(X)).astype(dt, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# MaxUnpool, MaxRoiPool
+# --------------------------------------------------------------------------------------------
+
+
+@kernel("MaxUnpool", since=9)
+def max_unpool(X, I, output_shape=None, *, kernel_shape=None, pads=None, strides=None):
+    nsp = X.ndim - 2
+    if kernel_shape is None or len(kernel_shape) != nsp:
+        raise ValueError(f"MaxUnpool: kernel_shape {kernel_shape} must have {nsp} entries")
+    k = [int(a) for a in kernel_shape]
+    st = _ints(strides, nsp, 1, "strides")
+    p = _ints(pads, 2 * nsp, 0, "pads")
+    inferred = list(X.shape[:2]) + [
+        (X.shape[2 + i] - 1) * st[i] - (p[i] + p[nsp + i]) + k[i] for i in range(nsp)]
+    total = math.prod(inferred)
+    flat = np.zeros(total, X.dtype)
+    idx = np.asarray(I, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= total):
+        raise ValueError(f"MaxUnpool: indices out of range for output of {total} elements")
+    flat[idx] = X.reshape(-1)
+    y = flat.reshape(inferred)
+    if output_shape is None:
+        return y
+    shape = [int(a) for a in np.asarray(output_shape).reshape(-1)]
+    if len(shape) != X.ndim:
+        raise ValueError(f"MaxUnpool: output_shape {shape} must have rank {X.ndim}")
+    if shape == inferred:
+        return y
+    res = np.zeros(shape, X.dtype)
+    sl = tuple(slice(0, min(a, b)) for a, b in zip(inferred, shape))
+    res[sl] = y[sl]
+    return res
+
+
+@kernel("MaxRoiPool", since=1)
+def max_roi_pool(X, rois, *, pooled_shape, spatial_scale=1.0):
+    if X.ndim != 4:
+        raise ValueError(f"MaxRoiPool expects a 4-D input, got shape {X.shape}")
+    N, C, H, W = X.shape
+    ph_n, pw_n = (int(a) for a in pooled_shape)
+    rois = np.asarray(rois)
+    R = rois.shape[0]
+    y = np.zeros((R, C, ph_n, pw_n), X.dtype)
+    neg = _min_value(X.dtype)
+    for r in range(R):  # one vectorised pass per region
+        b = int(rois[r, 0])
+        x1, y1, x2, y2 = (int(np.round(float(v) * spatial_scale)) for v in rois[r, 1:5])
+        rh = max(y2 - y1 + 1, 1)
+        rw = max(x2 - x1 + 1, 1)
+        bh = rh / ph_n
+        bw = rw / pw_n
+        hs = np.clip(np.floor(np.arange(ph_n) * bh).astype(np.int64) + y1, 0, H)
+        he = np.clip(np.ceil(np.arange(1, ph_n + 1) * bh).astype(np.int64) + y1, 0, H)
+        ws = np.clip(np.floor(np.arange(pw_n) * bw).astype(np.int64) + x1, 0, W)
+        we = np.clip(np.ceil(np.arange(1, pw_n + 1) * bw).astype(np.int64) + x1, 0, W)
+        hh = np.arange(H)
+        ww = np.arange(W)
+        mh = (hh[None, :] >= hs[:, None]) & (hh[None, :] < he[:, None])  # (ph, H)
+        mw = (ww[None, :] >= ws[:, None]) & (ww[None, :] < we[:, None])  # (pw, W)
+        xb = X[b]  # (C, H, W)
+        a = np.where(mw[None, None, :, :], xb[:, :, None, :], neg).max(axis=3)  # (C, H, pw)
+        m = np.where(mh[None, :, :, None], a[:, None, :, :], neg).max(axis=2)  # (C, ph, pw)
+        empty = (~mh.any(1))[:, None] | (~mw.any(1))[None, :]
+        m[:, empty] = 0
+        y[r] = m
+    return y
