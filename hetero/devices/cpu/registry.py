@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import inspect
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,17 +79,28 @@ def supported_ops() -> list[tuple[str, str]]:
 
 
 _loaded = False
+_load_lock = threading.RLock()
+_loading = threading.local()
 
 
 def _ensure_loaded() -> None:
+    # Threads compile at once (MULTI, AUTO): a second thread must wait until the table is complete,
+    # not see it half-filled; the loading thread itself (a kernel module calling lookup) passes.
     global _loaded
-    if _loaded:
+    if _loaded or getattr(_loading, "active", False):
         return
-    _loaded = True
-    import importlib
-    import pkgutil
+    with _load_lock:
+        if _loaded:
+            return
+        _loading.active = True
+        try:
+            import importlib
+            import pkgutil
 
-    from . import kernels
+            from . import kernels
 
-    for m in pkgutil.iter_modules(kernels.__path__):
-        importlib.import_module(f"{kernels.__name__}.{m.name}")
+            for m in pkgutil.iter_modules(kernels.__path__):
+                importlib.import_module(f"{kernels.__name__}.{m.name}")
+        finally:
+            _loading.active = False
+        _loaded = True
