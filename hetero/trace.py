@@ -70,10 +70,15 @@ class NullTracer:
     def span(self, track: str, name: str, request_id: int | None = None, cat: str = "run", **args: Any) -> _NullSpan:
         return _NULL_SPAN
 
-    def instant(self, track: str, name: str, request_id: int | None = None, cat: str = "event", **args: Any) -> None:
+    def instant(self, track: str, name: str, request_id: int | None = None, cat: str = "event",
+                ts_ns: int | None = None, **args: Any) -> None:
         pass
 
     def complete(self, track: str, name: str, start_ns: int, end_ns: int, request_id: int | None = None,
+                 cat: str = "run", **args: Any) -> None:
+        pass
+
+    def interval(self, track: str, name: str, start_ns: int, end_ns: int, request_id: int | None = None,
                  cat: str = "run", **args: Any) -> None:
         pass
 
@@ -123,7 +128,7 @@ class Tracer:
         self.dropped = 0
         self._t0 = _now_ns()
         self._lock = threading.Lock()
-        # (phase, process, lane, name, start_ns, end_ns, request_id, cat, args)
+        # (phase, process, (lane, thread ident or None), name, start_ns, end_ns, request_id, cat, args)
         self._events: list[tuple] = []
         self._saved_count = -1
         _LIVE.add(self)
@@ -133,16 +138,24 @@ class Tracer:
         """Context manager timing the block as one slice on ``track``."""
         return _Span(self, track, name, request_id, cat, args)
 
-    def instant(self, track: str, name: str, request_id: int | None = None, cat: str = "event", **args: Any) -> None:
-        """A point event (a dispatch decision, a hot-swap, a device taken out)."""
-        t = _now_ns()
+    def instant(self, track: str, name: str, request_id: int | None = None, cat: str = "event",
+                ts_ns: int | None = None, **args: Any) -> None:
+        """A point event (a dispatch decision, a hot-swap, a device taken out); now, or at ``ts_ns``
+        (``time.perf_counter_ns()``) for an event remembered from before the tracer was attached."""
+        t = _now_ns() if ts_ns is None else int(ts_ns)
         self._record("i", track, name, t, t, request_id, cat, args)
 
     def complete(self, track: str, name: str, start_ns: int, end_ns: int, request_id: int | None = None,
                  cat: str = "run", **args: Any) -> None:
-        """A slice measured elsewhere (``start_ns``/``end_ns`` from ``time.perf_counter_ns()``), e.g. the
-        time a request waited in a queue."""
+        """A slice measured elsewhere (``start_ns``/``end_ns`` from ``time.perf_counter_ns()``) that
+        nests with the other spans of its row, like :meth:`span`."""
         self._record("X", track, name, int(start_ns), int(end_ns), request_id, cat, args)
+
+    def interval(self, track: str, name: str, start_ns: int, end_ns: int, request_id: int | None = None,
+                 cat: str = "run", **args: Any) -> None:
+        """A slice that may overlap others (the time each request waited in MULTI's queue): written as
+        an async begin/end pair, which the viewers draw on sub-rows of the process."""
+        self._record("a", track, name, int(start_ns), int(end_ns), request_id, cat, args)
 
     def counter(self, track: str, name: str, **values: float) -> None:
         """A counter sample (e.g. requests in flight per device), drawn as a graph in the process."""
@@ -151,11 +164,15 @@ class Tracer:
 
     def _record(self, ph: str, track: str, name: str, t0: int, t1: int, rid, cat: str, args: dict) -> None:
         process, sep, lane = str(track).partition("/")
-        if not sep:
-            lane = threading.current_thread().name
+        if sep:
+            key = (lane, None)
+        else:  # the current thread: keyed by its ident too, so two threads never share a row
+            th = threading.current_thread()
+            lane = th.name
             if lane.startswith(process + "-"):  # "CPU-stream1" under "CPU" -> "stream1"
                 lane = lane[len(process) + 1:]
-        ev = (ph, process, lane, name, t0, t1, rid, cat, args)
+            key = (lane, th.ident)
+        ev = (ph, process, key, name, t0, t1, rid, cat, args)
         with self._lock:
             if len(self._events) >= self.max_events:
                 self.dropped += 1
@@ -179,19 +196,24 @@ class Tracer:
             dropped = self.dropped
         events.sort(key=lambda e: e[4])  # by start time: rows are numbered in the order work started
         pids: dict[str, int] = {}
-        tids: dict[tuple[str, str], int] = {}
+        tids: dict[tuple[str, tuple], int] = {}
+        lane_names: set[tuple[str, str]] = set()
         meta: list[dict] = []
         out: list[dict] = []
-        for ph, process, lane, name, t0, t1, rid, cat, args in events:
+        for seq, (ph, process, key, name, t0, t1, rid, cat, args) in enumerate(events):
             pid = pids.get(process)
             if pid is None:
                 pid = pids[process] = len(pids) + 1
                 meta.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": process}})
                 meta.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0,
                              "args": {"sort_index": pid}})
-            tid = tids.get((process, lane))
+            tid = tids.get((process, key))
             if tid is None:
-                tid = tids[(process, lane)] = sum(1 for p, _ in tids if p == process) + 1
+                tid = tids[(process, key)] = sum(1 for p, _ in tids if p == process) + 1
+                lane = key[0]
+                while (process, lane) in lane_names:  # two threads of one name: keep the rows apart
+                    lane += "'"
+                lane_names.add((process, lane))
                 meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": lane}})
                 meta.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
                              "args": {"sort_index": tid}})
@@ -207,6 +229,11 @@ class Tracer:
                 e["s"] = "t"
             if a:
                 e["args"] = a
+            if ph == "a":  # an async pair; ids are unique per interval
+                e["ph"], e["id"] = "b", seq
+                out.append(e)
+                e = {"name": name, "cat": cat, "ph": "e", "ts": (t1 - self._t0) / 1e3, "pid": pid, "tid": tid,
+                     "id": seq}
             out.append(e)
         return {"traceEvents": meta + out, "displayTimeUnit": "ms",
                 "otherData": {"producer": f"hetero {__version__}", "dropped_events": dropped}}

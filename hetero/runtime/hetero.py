@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import properties as P
+from .. import trace
 from ..affinity import UNSUPPORTED, Assignment, DeviceProfile, assign, estimate_costs, parse_rules
 from ..affinity.assign import fused_originals
 from ..affinity.rules import Rule
@@ -382,9 +383,9 @@ class _StageWorkers:
             job = self._q.get()
             if job is None:
                 return
-            feeds, done_q, want_profile = job
+            feeds, done_q, want_profile, tr, rid = job
             try:
-                res = self._runner._run_stage(self._k, feeds, ctx, want_profile)
+                res = self._runner._run_stage(self._k, feeds, ctx, want_profile, tr, rid)
                 done_q.put((self._k, res, None))
             except BaseException as e:  # reported to the coordinator, never lost
                 done_q.put((self._k, None, e))
@@ -437,13 +438,17 @@ class PlanRunner:
             st.workers.close()
 
     # ---- one subgraph (any thread) --------------------------------------------------------------
-    def _run_stage(self, k: int, feeds: dict, ctx: Any, want_profile: bool):
+    def _run_stage(self, k: int, feeds: dict, ctx: Any, want_profile: bool, tr=trace.NULL_TRACER, rid=None):
         st = self.stages[k]
         recs = [] if want_profile else None
         perf = time.perf_counter
         t0 = perf()
         try:
-            out = st.exe.run(feeds, ctx, recs)
+            if tr.enabled:  # execution trace: one span per subgraph run, on its device's row
+                with tr.span(st.device, st.sg.label, rid, cat="subgraph", nodes=len(st.sg.nodes)):
+                    out = st.exe.run(feeds, ctx, recs)
+            else:
+                out = st.exe.run(feeds, ctx, recs)
         except HeteroError:
             raise
         except Exception as e:
@@ -452,11 +457,19 @@ class PlanRunner:
         moved: dict = {}
         rrecs: list | None = [] if want_profile else None
         for ro in st.out_reorders:
-            self._move(ro, out[ro.r.value], moved, rrecs, ro.r.dst_device == HOST)
+            self._move(ro, out[ro.r.value], moved, rrecs, ro.r.dst_device == HOST, tr, rid, st.device)
         return out, moved, recs, rrecs or (), t_run
 
     # ---- the coordinator ---------------------------------------------------------------------------
-    def _move(self, ro: _ReorderExec, x: Any, moved: dict, rrecs: list | None, to_host: bool) -> None:
+    def _move(self, ro: _ReorderExec, x: Any, moved: dict, rrecs: list | None, to_host: bool,
+              tr=trace.NULL_TRACER, rid=None, where: str | None = None) -> None:
+        if tr.enabled:  # execution trace: the Reorder as a span on the row of the thread doing it
+            with tr.span(where or ro.r.dst_device, f"Reorder {ro.r.value} {ro.r.src_device}->{ro.r.dst_device}", rid,
+                         cat="reorder") as span:
+                recs = [] if rrecs is None else rrecs
+                self._move(ro, x, moved, recs, to_host)
+                span.set(bytes=recs[-1][2].nbytes, kind=recs[-1][2].exec_type)
+            return
         if rrecs is None:
             if ro.trivial and type(x) is np.ndarray and x.dtype == ro.want:
                 moved[ro.key] = x  # a hand-off in host memory: nothing to convert, nothing to time
@@ -485,9 +498,10 @@ class PlanRunner:
         env: dict[str, Any] = dict(feeds)
         moved: dict[tuple, Any] = {}
         rrecs: list | None = [] if want else None
+        tr, rid = trace.current()  # bound by CompiledModel when HETERO_TRACE_FILE is set
         # 1.
         for ro in self.input_reorders:
-            self._move(ro, env[ro.r.value], moved, rrecs, False)
+            self._move(ro, env[ro.r.value], moved, rrecs, False, tr, rid)
         # 2.
         results: dict[int, tuple] = {}
         stages = self.stages
@@ -497,14 +511,14 @@ class PlanRunner:
 
         if self._chain and not pipeline and sub_ctx is not None:
             for k, st in enumerate(stages):
-                res = self._run_stage(k, feeds_of(k), sub_ctx[k], want)
+                res = self._run_stage(k, feeds_of(k), sub_ctx[k], want, tr, rid)
                 results[k] = res
                 out = res[0]
                 for v in st.sg.outputs:
                     env[v] = out[v]
                 moved.update(res[1])
         else:
-            self._schedule(env, moved, results, feeds_of, pipeline, sub_ctx, want)
+            self._schedule(env, moved, results, feeds_of, pipeline, sub_ctx, want, tr, rid)
         # 3.
         outputs = {}
         for v, key in self.outputs:
@@ -518,7 +532,8 @@ class PlanRunner:
             profile.extend(self._profile(results, rrecs))
         return outputs
 
-    def _schedule(self, env, moved, results, feeds_of, pipeline: bool, sub_ctx, want: bool) -> None:
+    def _schedule(self, env, moved, results, feeds_of, pipeline: bool, sub_ctx, want: bool,
+                  tr=trace.NULL_TRACER, rid=None) -> None:
         n = len(self.stages)
         remaining = [len(st.sg.deps) for st in self.stages]
         ready = [k for k in range(n) if remaining[k] == 0]
@@ -546,11 +561,11 @@ class PlanRunner:
                     inline, batch = ready[0], ready[1:]
                 ready.clear()
                 for k in batch:
-                    self.stages[k].workers.submit((feeds_of(k), done_q, want))
+                    self.stages[k].workers.submit((feeds_of(k), done_q, want, tr, rid))
                     inflight += 1
                 if inline is not None:
                     try:
-                        complete(inline, self._run_stage(inline, feeds_of(inline), sub_ctx[inline], want))
+                        complete(inline, self._run_stage(inline, feeds_of(inline), sub_ctx[inline], want, tr, rid))
                     except BaseException as e:  # let the others finish before raising
                         error = e
                     continue
