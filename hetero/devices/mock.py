@@ -12,14 +12,33 @@ is shaped by properties:
 ``MOCK_FAIL_AFTER``          raise DeviceError on every inference after the first N (-1: never)
 ``MOCK_FAIL_PROBABILITY``    or fail each inference with probability p (seeded by ``MOCK_SEED``)
 ``MOCK_FAIL_COMPILE``        ``compile`` raises DeviceError
-``MOCK_OPTIMAL_REQUESTS``    its OPTIMAL_NUMBER_OF_INFER_REQUESTS (= streams)
-``MOCK_DEVICE_TYPE``         what DEVICE_TYPE reports (default "mock"; "discrete" to act as a GPU)
+``MOCK_OPTIMAL_REQUESTS``    its OPTIMAL_NUMBER_OF_INFER_REQUESTS (= streams) under the THROUGHPUT and
+                             CUMULATIVE_THROUGHPUT hints; LATENCY gives 1; NUM_STREAMS=n gives n;
+                             PERFORMANCE_HINT_NUM_REQUESTS caps it (as on CPU and GPU)
+``MOCK_DEVICE_TYPE``         what DEVICE_TYPE reports (default "mock"; "discrete" / "integrated" to act
+                             as a GPU in AUTO's order, "cpu" to act as AUTO's CPU helper)
+``MOCK_CAPABILITIES``        what OPTIMIZATION_CAPABILITIES reports (default "FP32"; AUTO skips a device
+                             lacking a precision the model needs)
 ===========================  ======================================================================
+
+Any of them can also be given per compile (``DEVICE_PROPERTIES={"MOCK.0": {"MOCK_LATENCY_MS": 5}}``
+under MULTI/AUTO/HETERO, or the compile config of ``MOCK.0``); a device-level value set with
+``set_property`` is read live by running executables (so a test can break a device mid-run).
+
+Deterministic scheduling tests use two gates (Python methods, not properties): ``pause()`` makes
+every inference wait at its start until ``resume()``; ``pause_compile()`` makes ``compile`` wait until
+``resume_compile()``. Both wait on an Event, without holding the GIL; ``reset()`` opens them.
+
+With ``CACHE_DIR``, ``compile`` leaves a marker file for the graph there; a later compile of the same
+graph finds it, skips ``MOCK_COMPILE_DELAY_MS`` and reports LOADED_FROM_CACHE. ``is_cached(graph,
+config)`` answers whether it would (AUTO uses it to skip its CPU helper).
 
 AUTO never picks a MOCK device unless it is named.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import threading
 import time
@@ -34,7 +53,8 @@ from .cpu import CPUExecutable, unsupported_reason
 N_MOCK = 4
 
 MOCK_KEYS = ("MOCK_SUPPORTED_OPS", "MOCK_LATENCY_MS", "MOCK_SPEED", "MOCK_COMPILE_DELAY_MS", "MOCK_FAIL_AFTER",
-             "MOCK_FAIL_PROBABILITY", "MOCK_FAIL_COMPILE", "MOCK_OPTIMAL_REQUESTS", "MOCK_DEVICE_TYPE", "MOCK_SEED")
+             "MOCK_FAIL_PROBABILITY", "MOCK_FAIL_COMPILE", "MOCK_OPTIMAL_REQUESTS", "MOCK_DEVICE_TYPE", "MOCK_SEED",
+             "MOCK_CAPABILITIES")
 
 for _k, _doc, _default, _kind in [
     ("MOCK_SUPPORTED_OPS", "MOCK: op types it runs ('*' = all)", "*", "ops"),
@@ -47,6 +67,7 @@ for _k, _doc, _default, _kind in [
     ("MOCK_OPTIMAL_REQUESTS", "MOCK: optimal number of requests", 1, "int"),
     ("MOCK_DEVICE_TYPE", "MOCK: reported DEVICE_TYPE", "mock", "str"),
     ("MOCK_SEED", "MOCK: seed for failure injection", 0, "int"),
+    ("MOCK_CAPABILITIES", "MOCK: reported OPTIMIZATION_CAPABILITIES", "FP32", "str"),
 ]:
     P.SPECS.setdefault(_k, P.PropSpec(_k, _doc, _default, kind=_kind if _kind in ("int", "bool", "str") else "any"))
 
@@ -57,6 +78,9 @@ def _norm(key: str, value: Any) -> Any:
             value = value.strip()
             return "*" if value == "*" else tuple(v.strip() for v in value.split(",") if v.strip())
         return tuple(value)
+    if key == "MOCK_CAPABILITIES":
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return ",".join(str(v).strip().upper() for v in items if str(v).strip())
     if key in ("MOCK_LATENCY_MS", "MOCK_SPEED", "MOCK_COMPILE_DELAY_MS", "MOCK_FAIL_PROBABILITY"):
         try:
             v = float(value)
@@ -81,6 +105,28 @@ class MockDevice(Device):
         self._count = 0
         self._count_lock = threading.Lock()
         self._rng = random.Random(0)
+        # gates for deterministic tests: set = open
+        self._run_gate = threading.Event()
+        self._run_gate.set()
+        self._compile_gate = threading.Event()
+        self._compile_gate.set()
+        #: inferences started on this device since the last reset (tests count batched executions)
+        self.inferences = 0
+
+    # ---- test gates ------------------------------------------------------------------------------
+    def pause(self) -> None:
+        """Hold every inference at its start until :meth:`resume` (the device looks busy)."""
+        self._run_gate.clear()
+
+    def resume(self) -> None:
+        self._run_gate.set()
+
+    def pause_compile(self) -> None:
+        """Hold ``compile`` (after its delay) until :meth:`resume_compile`."""
+        self._compile_gate.clear()
+
+    def resume_compile(self) -> None:
+        self._compile_gate.set()
 
     def set_property(self, props: Mapping[str, Any]) -> None:
         mock = {k: _norm(k, v) for k, v in props.items() if k in MOCK_KEYS}
@@ -108,6 +154,9 @@ class MockDevice(Device):
             self._config["MOCK_SUPPORTED_OPS"] = "*"
             self._count = 0
             self._rng = random.Random(0)
+            self.inferences = 0
+        self._run_gate.set()
+        self._compile_gate.set()
 
     def read_only_property(self, key: str) -> Any:
         if key == "FULL_DEVICE_NAME":
@@ -115,7 +164,7 @@ class MockDevice(Device):
         if key == "DEVICE_TYPE":
             return self._config["MOCK_DEVICE_TYPE"]
         if key == "OPTIMIZATION_CAPABILITIES":
-            return ["FP32"]
+            return [c for c in self._config["MOCK_CAPABILITIES"].split(",") if c]
         if key == "RANGE_FOR_STREAMS":
             return (1, 64)
         if key == "RANGE_FOR_ASYNC_INFER_REQUESTS":
@@ -126,11 +175,20 @@ class MockDevice(Device):
 
     @property
     def auto_priority(self) -> int:  # type: ignore[override]
-        return {"discrete": 30, "integrated": 20}.get(self._config["MOCK_DEVICE_TYPE"], 5)
+        """AUTO's order as for real devices of that DEVICE_TYPE; a plain "mock" ranks as "other"."""
+        return {"discrete": 30, "integrated": 20, "cpu-opencl": 10, "cpu": 0}.get(self._config["MOCK_DEVICE_TYPE"], 5)
 
     def optimal_streams(self, config: Mapping[str, Any]) -> int:
+        """NUM_STREAMS if given; else 1 for LATENCY, MOCK_OPTIMAL_REQUESTS for the throughput hints;
+        capped by PERFORMANCE_HINT_NUM_REQUESTS (the same rule as the CPU and GPU plugins)."""
         n = config.get("NUM_STREAMS", "AUTO")
-        return int(n) if n != "AUTO" else int(config.get("MOCK_OPTIMAL_REQUESTS", 1))
+        if n != "AUTO":
+            return int(n)
+        if config.get("PERFORMANCE_HINT", "LATENCY") not in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+            return 1
+        n = max(1, int(config.get("MOCK_OPTIMAL_REQUESTS", 1)))
+        cap = int(config.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
+        return min(n, cap) if cap else n
 
     def _op_reason(self, graph: Graph, node, ops) -> str | None:
         if ops != "*" and node.op_type not in ops:
@@ -141,11 +199,23 @@ class MockDevice(Device):
         ops = self._config["MOCK_SUPPORTED_OPS"]
         return {n.name: (self._op_reason(graph, n, ops) or True) for n in graph.nodes}
 
+    def _cache_file(self, graph: Graph, cfg: Mapping[str, Any]) -> str | None:
+        d = cfg.get("CACHE_DIR") or ""
+        return os.path.join(d, f"hetero_mock{self.index}_{graph_fingerprint(graph)}.blob") if d else None
+
+    def is_cached(self, graph: Graph, config: Mapping[str, Any] | None = None) -> bool:
+        """True when CACHE_DIR holds this graph compiled for this device (compile would be quick)."""
+        path = self._cache_file(graph, self.config(config))
+        return bool(path and os.path.exists(path))
+
     def compile(self, graph: Graph, config: Mapping[str, Any] | None = None) -> "MockExecutable":
         cfg = self.config(config)
         t0 = time.perf_counter()
-        if cfg["MOCK_COMPILE_DELAY_MS"]:
+        cached = self._cache_file(graph, cfg)
+        from_cache = bool(cached and os.path.exists(cached))
+        if cfg["MOCK_COMPILE_DELAY_MS"] and not from_cache:
             time.sleep(cfg["MOCK_COMPILE_DELAY_MS"] / 1e3)
+        self._compile_gate.wait()
         if cfg["MOCK_FAIL_COMPILE"]:
             raise DeviceError(f"{self.name}: compile failed (injected by MOCK_FAIL_COMPILE)")
         ops = cfg["MOCK_SUPPORTED_OPS"]
@@ -154,12 +224,21 @@ class MockDevice(Device):
             lines = "; ".join(f"{k}: {v[self.name]}" for k, v in bad.items())
             raise UnsupportedOpError(f"{self.name} cannot run {len(bad)} node(s): {lines}", bad)
         exe = MockExecutable(self, CPUExecutable(graph, self.name), cfg)
+        if cached and not from_cache:
+            try:
+                os.makedirs(os.path.dirname(cached), exist_ok=True)
+                with open(cached, "w") as f:
+                    f.write(f"{self.name} {graph.name}\n")
+            except OSError:
+                pass  # a cache that cannot be written is not an error (as on real devices)
+        exe.loaded_from_cache = from_cache
         exe.compile_time = time.perf_counter() - t0
         return exe
 
     def _tick(self, cfg) -> None:
         """Count an inference; raise if failure injection says so."""
         with self._count_lock:
+            self.inferences += 1
             self._count += 1
             n = self._count
             p = cfg["MOCK_FAIL_PROBABILITY"]
@@ -185,6 +264,7 @@ class MockExecutable(Executable):
         for k in ("MOCK_FAIL_AFTER", "MOCK_FAIL_PROBABILITY", "MOCK_LATENCY_MS", "MOCK_SPEED"):
             if self.device._config.get(k) != P.SPECS[k].default:
                 live[k] = self.device._config[k]
+        self.device._run_gate.wait()
         self.device._tick(live)
         t0 = time.perf_counter()
         out = self.inner.run(feeds, context, profile)
@@ -193,6 +273,21 @@ class MockExecutable(Executable):
         if target > spent:
             time.sleep(target - spent)  # releases the GIL
         return out
+
+
+def graph_fingerprint(graph: Graph) -> str:
+    """A short stable hash of a graph's structure and weights (the CACHE_DIR key)."""
+    h = hashlib.sha256(graph.name.encode())
+    for n in graph.nodes:
+        h.update(repr((n.name, n.op_type, n.domain, n.inputs, n.outputs, sorted(map(str, n.attrs)))).encode())
+    for t in graph.inputs + graph.outputs:
+        h.update(t.describe().encode() + t.name.encode())
+    for k in sorted(graph.initializers):
+        a = graph.initializers[k]
+        h.update(f"{k}{a.dtype}{a.shape}".encode())
+        if a.dtype != object:
+            h.update(memoryview(a.tobytes()))
+    return h.hexdigest()[:32]
 
 
 _DEVICES: list[MockDevice] | None = None
