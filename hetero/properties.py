@@ -71,6 +71,7 @@ SPECS: dict[str, PropSpec] = dict([
     _spec("COMPUTE_UNITS", "compute units / cores", read_only=True, kind="int"),
     _spec("DEVICE_ARCHITECTURE", "architecture string", read_only=True),
     _spec("COMPILE_TIME_MS", "wall time of compile_model", read_only=True, kind="any"),
+    _spec("MULTI_SERVED_REQUESTS", "MULTI/AUTO: {device: requests it served}", read_only=True, kind="dict"),
 ])
 
 _TRUE = {"TRUE", "YES", "1", "ON"}

@@ -81,7 +81,7 @@ def parse(text: str) -> ParsedDevice:
     if head.strip().upper() in VIRTUAL:
         virt = head.strip().upper()
         if not sep:
-            if virt in ("AUTO", "HETERO"):  # HETERO: the list may come from MULTI_DEVICE_PRIORITIES
+            if virt in ("AUTO", "HETERO", "MULTI"):  # HETERO, MULTI: the list may come from MULTI_DEVICE_PRIORITIES
                 return ParsedDevice(virt, (), s)
             raise DeviceStringError(f"device string {text!r}: {virt} needs a device list, e.g. '{virt}:GPU,CPU'")
         tokens = [t for t in rest.split(",")]
