@@ -4,6 +4,7 @@
     hetero benchmark -m MODEL [-d DEVICE] ...        compile, run, report latency and throughput
     hetero query -m MODEL -d HETERO:GPU,CPU          which device runs each node, and why
     hetero dot -m MODEL -d HETERO:GPU,CPU -o DIR     affinity and subgraph dumps (rendered with Graphviz)
+    hetero trace FILE                                a --trace file, summarised per device row
     hetero properties [--markdown]                   every property key, its type, default, who accepts it
     hetero demo                                      the bundled model on every device mode
 
@@ -657,6 +658,26 @@ def cmd_dot(args) -> int:
     return 0
 
 
+# ---- trace --------------------------------------------------------------------------------------
+
+def cmd_trace(args) -> int:
+    """Summarise a trace file per row: what ran there, for how many requests, how busy it was."""
+    from . import trace
+
+    path = Path(args.file)
+    if not path.exists():
+        raise UsageError(f"trace file {str(path)!r} does not exist")
+    try:
+        rows = trace.summarize(path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{str(path)!r} is not a Chrome-trace JSON file ({type(e).__name__}: {e})") from None
+    _table(("process", "row", "spans", "requests", "busy ms", "spans by name"),
+           [(r["process"], r["lane"], r["spans"], r["requests"], f"{r['busy_ms']:.2f}",
+             ", ".join(f"{n} x{c}" for n, c in sorted(r["names"].items(), key=lambda kv: -kv[1])))
+            for r in rows])
+    return 0
+
+
 # ---- properties ------------------------------------------------------------------------------------
 
 def property_acceptors() -> dict[str, list[str]]:
@@ -684,13 +705,11 @@ def property_acceptors() -> dict[str, list[str]]:
 
     kinds["HETERO"] = tuple(H.HETERO_KEYS) + tuple(H.FORWARD_KEYS)
     try:
-        from . import multi
+        from .multi import common as M  # check_config accepts a virtual device's own keys + FORWARD_KEYS
 
         for v in ("MULTI", "AUTO", "BATCH"):
-            keys = getattr(multi, f"{v}_KEYS", None)
-            if keys is not None:
-                kinds[v] = tuple(keys)
-    except ImportError:
+            kinds[v] = tuple(getattr(M, f"{v}_KEYS")) + tuple(H.FORWARD_KEYS)
+    except (ImportError, AttributeError):
         pass
     out = {}
     for key, spec in P.SPECS.items():
@@ -704,6 +723,8 @@ def property_acceptors() -> dict[str, list[str]]:
 
 
 def _type_name(spec) -> str:
+    if spec.kind == "any" and spec.default is not None:  # e.g. MOCK_SPEED: a float kept as given
+        return {float: "number", int: "integer", str: "string", bool: "boolean"}.get(type(spec.default), "any")
     return {"str": "string", "lowerstr": "string", "int": "integer", "bool": "boolean", "dict": "dict",
             "float": "float", "streams": "integer or AUTO", "any": "any", "ops": "string"}.get(spec.kind, spec.kind)
 
@@ -937,6 +958,10 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--format", default="svg", choices=["dot", "svg", "png"],
                     help="also render with Graphviz when installed (default svg)")
     dt.set_defaults(fn=cmd_dot)
+
+    tr = sub.add_parser("trace", help="summarise a --trace file: per device row, spans, requests, busy time")
+    tr.add_argument("file", help="a Chrome-trace JSON written by --trace / HETERO_TRACE_FILE")
+    tr.set_defaults(fn=cmd_trace)
 
     pr = sub.add_parser("properties", help="every property key: type, default, which devices accept it")
     pr.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/properties.md")

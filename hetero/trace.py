@@ -338,3 +338,34 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         e["lane"] = lanes.get((e["pid"], e["tid"]), str(e["tid"]))
         events.append(e)
     return {"events": events, "tracks": {(e["process"], e["lane"]) for e in events}, "raw": raw}
+
+
+def summarize(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Per row of a trace file: spans, requests seen, busy time (ms, the union of its top-level spans)
+    and the span names by count -- what to look at first without a trace viewer."""
+    t = load(path)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    spans: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for e in t["events"]:
+        if e["ph"] != "X":
+            continue
+        key = (e["process"], e["lane"])
+        r = rows.setdefault(key, {"process": key[0], "lane": key[1], "spans": 0, "requests": set(), "names": {}})
+        r["spans"] += 1
+        if "request_id" in e.get("args", {}):
+            r["requests"].add(e["args"]["request_id"])
+        base = e["name"].split(" #")[0]
+        r["names"][base] = r["names"].get(base, 0) + 1
+        spans.setdefault(key, []).append((e["ts"], e["ts"] + e["dur"]))
+    out = []
+    for key, r in rows.items():
+        busy, end = 0.0, float("-inf")
+        for t0, t1 in sorted(spans[key]):  # union of intervals: nested spans count once
+            if t1 > end:
+                busy += t1 - max(t0, end)
+                end = t1
+        r["busy_ms"] = busy / 1e3
+        r["requests"] = len(r["requests"])
+        out.append(r)
+    return out
+

@@ -164,9 +164,9 @@ def test_cpu_requests_sync_and_async_on_stream_rows(tmp_path):
     cm.release()
     t = trace.load(path)
     reqs = requests_of(t["events"], "CPU")
-    assert len(reqs) == 7  # one span per inference, each naming its request
-    assert {e["args"]["request_id"] for e in reqs} <= set(ids)
-    assert ids[-1] in {e["args"]["request_id"] for e in reqs}
+    # one span per inference, numbered in the order they started, each naming its InferRequest
+    assert sorted(e["args"]["request_id"] for e in reqs) == list(range(7))
+    assert {e["args"]["infer_request"] for e in reqs} <= set(ids) and ids[-1] in {e["args"]["infer_request"] for e in reqs}
     lanes = {lane for proc, lane in t["tracks"] if proc == "CPU"}
     assert threading.current_thread().name in lanes  # the sync call ran in this thread
     assert lanes - {threading.current_thread().name} <= {"stream0", "stream1"} and len(lanes) >= 2
@@ -228,3 +228,50 @@ def test_hetero_subgraph_and_reorder_spans(tmp_path, device, config):
         s0, s1 = by[(rid, "subgraph0")], by[(rid, "subgraph1")]
         assert s0["ts"] + s0["dur"] <= s1["ts"] + 1e-3
     assert laminar(t["raw"]["traceEvents"])
+
+
+@pytest.fixture
+def mocks():
+    from hetero.devices.mock import discover
+
+    yield hetero.Core()
+    for d in discover():
+        d.reset()
+
+
+def test_multi_dispatch_instants_match_device_spans(tmp_path, mocks):
+    path = tmp_path / "multi.json"
+    cm = mocks.compile_model(MODEL, "MULTI:MOCK.0(2),CPU(2)", {"HETERO_TRACE_FILE": str(path)})
+    q = hetero.AsyncInferQueue(cm, 4)
+    for _ in range(10):
+        q.start_async({"x": X})
+    q.wait_all()
+    served, name = cm.get_property("MULTI_SERVED_REQUESTS"), cm._device_name
+    cm.release()
+    events = trace.load(path)["events"]
+    dispatch = {e["args"]["request_id"]: e["name"].split(" -> ")[1].split(" #")[0]
+                for e in events if e.get("cat") == "dispatch"}
+    runs = {e["args"]["request_id"]: e["process"] for e in events if e.get("cat") == "request"}
+    assert sorted(dispatch) == list(range(10)) and runs == dispatch  # each inference ran where it was sent
+    assert Counter(runs.values()) == Counter({k: v for k, v in served.items() if v})
+    assert {e["process"] for e in events if e.get("cat") == "dispatch"} == {name}
+    assert laminar(trace.load(path)["raw"]["traceEvents"])
+
+
+def test_auto_hot_swap_timeline(tmp_path, mocks):
+    mocks._registry.get("MOCK.0").set_property({"MOCK_COMPILE_DELAY_MS": 400})
+    path = tmp_path / "auto.json"
+    cm = mocks.compile_model(MODEL, "AUTO:MOCK.0,CPU", {"HETERO_TRACE_FILE": str(path)})
+    cm({"x": X})  # served by the CPU helper while MOCK.0 compiles (or by MOCK.0 if it won the race)
+    assert cm.wait_ready(10)
+    for _ in range(3):
+        cm({"x": X})
+    cm.release()
+    events = trace.load(path)["events"]
+    auto = [e["name"] for e in sorted(events, key=lambda e: e["ts"]) if e.get("cat") == "auto"]
+    # the startup timeline, in order: accelerator compiling, CPU helper serving, then the swap
+    assert auto[0] == "MOCK.0 compiling in the background" and auto[1].startswith("helper CPU compiled")
+    assert any(a.startswith("MOCK.0 ready") for a in auto[2:])
+    ready_ts = next(e["ts"] for e in events if e.get("cat") == "auto" and e["name"].startswith("MOCK.0 ready"))
+    later = [e for e in events if e.get("cat") == "dispatch" and e["ts"] > ready_ts]
+    assert len(later) >= 3 and all("-> MOCK.0" in e["name"] for e in later)

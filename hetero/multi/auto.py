@@ -157,6 +157,14 @@ class AutoCompiledModel(ScheduledCompiledModel):
         with self._events_lock:
             self._events.append((round((time.perf_counter() - self._t0) * 1e3, 3), text))
         debug(f"{self._device_name}: {text}")
+        if self._tracer.enabled:  # HETERO_TRACE_FILE: the startup / hot-swap timeline as instants
+            self._tracer.instant(self._device_name, text, cat="auto")
+
+    def set_tracer(self, tracer) -> None:
+        super().set_tracer(tracer)
+        if tracer is not None and tracer.enabled:  # what happened during compile, at the time it happened
+            for ms, text in self.events:
+                tracer.instant(self._device_name, text, cat="auto", ts_ns=int((self._t0 + ms / 1e3) * 1e9))
 
     @property
     def events(self) -> list[tuple[float, str]]:

@@ -38,6 +38,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .. import trace
 from ..errors import DeviceError, HeteroError, InferError
 
 DEVICE_PRIORITY = "DEVICE_PRIORITY"
@@ -66,7 +67,7 @@ class Dispatch:
 class Job:
     """One request's work: feeds in; outputs, the serving device, or an error out; ``done`` once."""
 
-    __slots__ = ("seq", "feeds", "profile", "outputs", "served_by", "error", "tried", "_done", "_event")
+    __slots__ = ("seq", "feeds", "profile", "outputs", "served_by", "error", "tried", "_done", "_event", "trace_id")
 
     def __init__(self, feeds, profile: list | None, done: Callable[["Job"], None] | None = None, seq: int = -1):
         self.seq = seq
@@ -78,6 +79,7 @@ class Job:
         self.tried: dict[str, BaseException] = {}
         self._done = done
         self._event = threading.Event() if done is None else None
+        self.trace_id: int | None = None  # "#k" in an execution trace: unique per inference
 
     def finish(self, outputs=None, served_by: str | None = None, error: BaseException | None = None) -> None:
         self.outputs, self.served_by, self.error = outputs, served_by, error
@@ -141,6 +143,7 @@ class Scheduler:
         self._expected = 0  # devices still compiling that will be added
         self._replenishing = False
         self._seq = itertools.count()
+        self._trace_ids = itertools.count()
         self._closed = False
         #: recent dispatches in order (bounded); tests read exact sequences from it
         self.log: collections.deque[Dispatch] = collections.deque(maxlen=log_size)
@@ -268,6 +271,8 @@ class Scheduler:
         with self._lock:
             if job.seq < 0:
                 job.seq = next(self._seq)
+            if job.trace_id is None and self.tracer is not None and self.tracer.enabled:
+                job.trace_id = next(self._trace_ids)
             if self._closed:
                 abort = DeviceError(f"{self.name}: the compiled model was released")
             elif not self._priorities and not self._expected and not self._replenishing:
@@ -305,8 +310,8 @@ class Scheduler:
         self.log.append(Dispatch(job.seq, w.device.name, bool(job.tried)))
         tr = self.tracer
         if tr is not None and tr.enabled:
-            tr.instant(self.name, f"dispatch -> {w.device.name}", job.seq, cat="dispatch",
-                       retry=bool(job.tried))
+            tr.instant(self.name, f"dispatch -> {w.device.name}", job.trace_id, cat="dispatch",
+                       retry=bool(job.tried), infer_request=job.seq)
 
     def set_tracer(self, tracer) -> None:
         self.tracer = tracer
@@ -340,7 +345,12 @@ class Scheduler:
         if job.profile is not None:
             job.profile.clear()
         try:
-            outputs, _ = d.compiled._execute(job.feeds, job.profile, w.context, None)
+            tr = self.tracer
+            if tr is not None and tr.enabled:  # the device model's span carries this job's number
+                with trace.bind(tr, job.trace_id):
+                    outputs, _ = d.compiled._execute(job.feeds, job.profile, w.context, None)
+            else:
+                outputs, _ = d.compiled._execute(job.feeds, job.profile, w.context, None)
         except BaseException as e:  # noqa: BLE001 - every outcome must reach the job
             if is_device_fault(e) and self.runtime_fallback:
                 job.tried[d.name] = e

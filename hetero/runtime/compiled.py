@@ -155,6 +155,7 @@ class CompiledModel:
         self._default_request: InferRequest | None = None
         self._default_lock = threading.Lock()
         self._tracer: Any = _trace.NULL_TRACER  # HETERO_TRACE_FILE: set_tracer (Core.compile_model)
+        self._trace_seq = itertools.count()
 
     # ---- ports ----------------------------------------------------------------------------------
     @property
@@ -258,9 +259,13 @@ class CompiledModel:
             context = self._streams.borrow()
         try:
             tr = self._tracer
-            if tr.enabled:  # a span per request; the runner (HETERO) finds tracer and id via trace.current()
-                rid = request.request_id if request is not None else None
-                with tr.span(self._device_name, "infer", rid, cat="request"), _trace.bind(tr, rid):
+            if tr.enabled:  # a span per inference; the runner (HETERO) finds tracer and id via trace.current()
+                # "#k": the model's k-th inference (a request object runs many), or the number a MULTI/AUTO
+                # scheduler bound while it runs this device model for one of its own requests
+                outer, outer_seq = _trace.current()
+                seq = outer_seq if outer is tr and outer_seq is not None else next(self._trace_seq)
+                with tr.span(self._device_name, "infer", seq, cat="request",
+                             infer_request=getattr(request, "request_id", None)), _trace.bind(tr, seq):
                     outputs = self._runner.run(feeds, context, profile)
             else:
                 outputs = self._runner.run(feeds, context, profile)
