@@ -95,10 +95,11 @@ def _load_external(proto: onnx.ModelProto, base_dir: Path | None, where: str) ->
 
 def graph_from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None, where: str = "<model>",
                      check: bool = True) -> Graph:
-    proto_copy = onnx.ModelProto()
-    proto_copy.CopyFrom(proto)
-    proto = proto_copy
-    _load_external(proto, base_dir, where)
+    if any(True for _ in _external_tensors(proto)):  # loading external data mutates: work on a copy
+        proto_copy = onnx.ModelProto()
+        proto_copy.CopyFrom(proto)
+        proto = proto_copy
+        _load_external(proto, base_dir, where)
     # 3. local functions are inlined so devices only ever see standard ops
     if proto.functions:
         try:
@@ -122,23 +123,65 @@ def graph_from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None, wh
         opsets[""] = max_opset
     elif default_opset < 1 or default_opset > max_opset:
         raise ModelError(f"{where}: opset {default_opset} is outside the supported range 1..{max_opset}")
-    # 4. checker + shape inference
+    # 4. checker + shape inference, on a copy without the big float weights: both serialise the whole
+    #    model (twice for inference), which for VGG-sized weights costs seconds and could pass 2 GB
+    light, weights = _without_big_weights(proto)
     if check:
         try:
-            onnx.checker.check_model(proto)
+            onnx.checker.check_model(light)
         except Exception as e:
             msg = str(e).strip().splitlines()
             raise ModelError(f"{where}: fails onnx.checker: {' '.join(msg[:6])}") from None
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:
-        inferred = proto  # inference is best effort; kernels compute real shapes at run time
+        inferred = light  # inference is best effort; kernels compute real shapes at run time
     try:
-        return _convert_graph(inferred.graph, opsets, outer=frozenset(), top=True)
+        return _convert_graph(inferred.graph, opsets, outer=frozenset(), top=True, weights=weights)
     except ModelError:
         raise
     except Exception as e:
         raise ModelError(f"{where}: cannot convert graph: {type(e).__name__}: {e}") from None
+
+
+BIG_WEIGHT_BYTES = 1 << 16
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _without_big_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """A copy of ``proto`` whose big float initializers are typed graph inputs instead, and those tensors.
+
+    Float weights never feed shape computations, so the checker and shape inference answer the same
+    on the copy; small and integer initializers (shapes, axes) stay so data propagation still works.
+    """
+    big = {t.name: t for t in proto.graph.initializer
+           if t.data_type in _FLOATS and len(t.raw_data) >= BIG_WEIGHT_BYTES}
+    if not big:
+        return proto, {}
+    graph = onnx.GraphProto()
+    for fd, value in proto.graph.ListFields():
+        if fd.name == "initializer":
+            graph.initializer.extend(t for t in value if t.name not in big)
+        else:
+            _copy_field(graph, fd.name, value)
+    listed = {i.name for i in graph.input}  # IR < 4 lists initializers among the inputs already
+    graph.input.extend(helper.make_tensor_value_info(n, t.data_type, list(t.dims))
+                       for n, t in big.items() if n not in listed)
+    light = onnx.ModelProto()
+    for fd, value in proto.ListFields():
+        if fd.name != "graph":
+            _copy_field(light, fd.name, value)
+    light.graph.CopyFrom(graph)
+    return light, big
+
+
+def _copy_field(dst, name: str, value) -> None:
+    if hasattr(value, "extend"):  # repeated field
+        getattr(dst, name).extend(value)
+    elif hasattr(value, "CopyFrom"):  # message
+        getattr(dst, name).CopyFrom(value)
+    else:
+        setattr(dst, name, value)
 
 
 def _all_nodes(g: onnx.GraphProto):
@@ -238,8 +281,11 @@ def convert_attribute(a: onnx.AttributeProto, outer: frozenset[str], opsets) -> 
     return helper.get_attribute_value(a)
 
 
-def _convert_graph(g: onnx.GraphProto, opsets, *, outer: frozenset[str], top: bool) -> Graph:
+def _convert_graph(g: onnx.GraphProto, opsets, *, outer: frozenset[str], top: bool,
+                   weights: dict[str, onnx.TensorProto] | None = None) -> Graph:
     initializers = {t.name: to_numpy(t) for t in g.initializer}
+    if weights:  # the big weights _without_big_weights set aside (as inputs) go back to initializers
+        initializers.update((n, to_numpy(t)) for n, t in weights.items())
     for sp in g.sparse_initializer:
         initializers[sp.values.name] = _sparse_to_dense(sp)
     # Old models list initializers among the inputs; those are constants, not user inputs.
