@@ -46,6 +46,11 @@ def model(name: str):
     return g, feeds, ref
 
 
+@lru_cache(maxsize=None)
+def raw_model(name: str):
+    return hetero.read_model(os.path.join(LIGHT, f"light_{name}.onnx"))
+
+
 def devices() -> list[str]:
     core = hetero.Core()
     return ["CPU", "MOCK.0", "MOCK.1"] + [d for d in core.available_devices if d.startswith("GPU")][:1]
@@ -93,7 +98,7 @@ def test_random_affinity_matches_single_device(name, data):
 @given(data=st.data())
 def test_random_split_of_raw_model_is_a_valid_plan(name, data):
     """Unoptimized graphs (hundreds of nodes, ConstantOfShape weights): split + check only."""
-    g = hetero.read_model(os.path.join(LIGHT, f"light_{name}.onnx"))
+    g = raw_model(name)
     chosen = data.draw(placement(len(g.nodes), ["CPU", "GPU.0", "MOCK.0"]), label="devices")
     plan = split(g, {n.name: d for n, d in zip(g.nodes, chosen)}).check()
     assert [s.id for s in plan.subgraphs] == list(range(len(plan.subgraphs)))
