@@ -330,3 +330,20 @@ def test_model_errors_are_hetero_errors():
     assert issubclass(ModelError, HeteroError)
     with pytest.raises(HeteroError):
         hetero.read_model(b"garbage")
+
+
+@pytest.mark.parametrize("opset", [8, 17])  # IR 3 (initializers listed as inputs) and IR 8
+def test_big_weights_stay_initializers_and_the_proto_is_untouched(opset):
+    # weights of >= 64 KiB are set aside while the checker and shape inference run; they must come back
+    w = RNG.standard_normal((8, 4096)).astype(np.float32)
+    g = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "big",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["N", 8])], [h.make_tensor_value_info("y", T.FLOAT, ["N", "M"])],
+                     [nh.from_array(w, "W")])
+    m = _model(g, opset)
+    before = m.SerializeToString()
+    graph = hetero.read_model(m)
+    assert m.SerializeToString() == before
+    assert [i.name for i in graph.inputs] == ["x"]
+    np.testing.assert_array_equal(graph.initializers["W"], w)
+    assert graph.outputs[0].shape == ("N", 4096)  # inferred through the set-aside weight's shape
+    np.testing.assert_allclose(run(m), X @ w, rtol=1e-5, atol=1e-5)
