@@ -205,8 +205,7 @@ class ScheduledCompiledModel(CompiledModel):
                 profile.extend(job.profile)
             return job.outputs, job.served_by
         job = Job(dict(feeds), profile, seq=request.request_id if request is not None else -1)
-        self._sched.submit(job)
-        job.wait()
+        self._sched.run_here(job)
         if job.error is not None:
             raise job.error
         return job.outputs, job.served_by

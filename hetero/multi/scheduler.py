@@ -35,8 +35,7 @@ import collections
 import itertools
 import queue
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .. import trace
 from ..errors import DeviceError, HeteroError, InferError
@@ -55,8 +54,7 @@ def is_device_fault(e: BaseException) -> bool:
     return not isinstance(e, HeteroError) and isinstance(e, Exception)
 
 
-@dataclass(frozen=True)
-class Dispatch:
+class Dispatch(NamedTuple):
     """One hand-off: job ``seq`` went to ``device`` (``retry``: after a device failed on it)."""
 
     seq: int
@@ -67,7 +65,7 @@ class Dispatch:
 class Job:
     """One request's work: feeds in; outputs, the serving device, or an error out; ``done`` once."""
 
-    __slots__ = ("seq", "feeds", "profile", "outputs", "served_by", "error", "tried", "_done", "_event", "trace_id")
+    __slots__ = ("seq", "feeds", "profile", "outputs", "served_by", "error", "tried", "_done", "_held", "trace_id")
 
     def __init__(self, feeds, profile: list | None, done: Callable[["Job"], None] | None = None, seq: int = -1):
         self.seq = seq
@@ -78,18 +76,23 @@ class Job:
         self.error: BaseException | None = None
         self.tried: dict[str, BaseException] = {}
         self._done = done
-        self._event = threading.Event() if done is None else None
+        # a sync job's waiter blocks on a lock held until finish (a bare lock costs far less than an Event)
+        self._held = None
+        if done is None:
+            self._held = threading.Lock()
+            self._held.acquire()
         self.trace_id: int | None = None  # "#k" in an execution trace: unique per inference
 
     def finish(self, outputs=None, served_by: str | None = None, error: BaseException | None = None) -> None:
         self.outputs, self.served_by, self.error = outputs, served_by, error
-        if self._event is not None:
-            self._event.set()
+        if self._held is not None:
+            self._held.release()
         else:
             self._done(self)
 
     def wait(self) -> None:
-        self._event.wait()
+        self._held.acquire()
+        self._held.release()
 
 
 class _Worker:
@@ -288,6 +291,28 @@ class Scheduler:
             job.finish(error=abort)
             return
         w.inbox.put(job)
+
+    def run_here(self, job: Job) -> None:
+        """A sync request: like :meth:`submit`, but when a worker is idle its device runs the job in
+        the *calling* thread (with that worker's context, the worker held busy meanwhile), saving two
+        thread hand-offs; returns when the job has finished."""
+        with self._lock:
+            if job.seq < 0:
+                job.seq = next(self._seq)
+            if job.trace_id is None and self.tracer is not None and self.tracer.enabled:
+                job.trace_id = next(self._trace_ids)
+            w = None
+            if self._priorities and not self._closed:
+                w = self._pick()
+                if w is not None:
+                    self._assign(w, job)
+        if w is None:
+            self.submit(job)
+        else:
+            nxt = self._run(w, job)
+            if nxt is not None:  # the worker took a waiting job: its own thread runs that one
+                w.inbox.put(nxt)
+        job.wait()
 
     def _pick(self) -> _Worker | None:
         pr = self._priorities
