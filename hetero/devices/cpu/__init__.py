@@ -12,6 +12,7 @@ from ...errors import InferError, UnsupportedOpError
 from ...ir import Graph, Node, node_value_inputs
 from ..base import Device, Executable, ProfileRecord
 from . import registry
+from .memory import ALIGN, VIEW_OPS, MemoryPlan, plan as plan_memory
 
 
 def _cpu_name() -> str:
@@ -94,56 +95,131 @@ class CPUDevice(Device):
 
 
 class _Step:
-    __slots__ = ("node", "fn", "inputs", "outputs", "attrs", "ctx", "free", "exec_type", "subgraphs")
+    """One node bound to its kernel, with everything the run loop needs precomputed."""
 
-    def __init__(self, node, fn, inputs, outputs, attrs, ctx, exec_type):
+    __slots__ = ("node", "fn", "ins", "outs", "kw", "frees", "exec_type", "run_graph", "guard", "out_param")
+
+    def __init__(self, node, fn, ins, outs, kw, exec_type, run_graph, out_param):
         self.node = node
         self.fn = fn
-        self.inputs = inputs
-        self.outputs = outputs
-        self.attrs = attrs
-        self.ctx = ctx
-        self.free: tuple[str, ...] = ()
+        self.ins = ins  # value slots of the inputs (slot 0 is always None: an omitted input)
+        self.outs = outs  # value slots of the outputs (omitted outputs go to a scratch slot)
+        self.kw = kw  # attributes plus the static context parameters, built once
+        self.frees: tuple[int, ...] = ()
         self.exec_type = exec_type
+        self.run_graph = run_graph  # the kernel takes _run_graph (bound per run)
+        self.guard = False  # an input may live in the arena: results must not alias it (see _unalias)
+        self.out_param = out_param  # the kernel takes _out
+
+
+# how the run loop stores a step's result (the program's ``mode``)
+_PLAIN, _PLANNED, _GUARDED, _GENERIC, _RUN_GRAPH = 0, 1, 2, 3, 4
+
+
+class _StreamContext:
+    """One stream's state (``CPUExecutable.new_context()``): its arena, allocated on the stream's
+    first inference and reused by every later one, and the run program bound to it."""
+
+    __slots__ = ("arena", "owner", "program")
+
+    def __init__(self):
+        self.arena: np.ndarray | None = None  # the plan's bytes (64-byte aligned)
+        self.owner: np.ndarray | None = None  # the array owning them: every view's ``.base``
+        self.program: list | None = None
+
+
+def _unalias(x, owner: np.ndarray):
+    """``x``, or a copy of it where it is a view into the arena (``owner``: the array owning the
+    arena's memory, which numpy makes the ``.base`` of every view of it): a result the memory plan
+    did not expect to share arena memory (a kernel returning its input or a view of it, outside the
+    view ops) must not be overwritten when the arena bytes it came from are reused."""
+    if type(x) is np.ndarray:
+        b = x.base
+        while b is not None:
+            if b is owner:
+                return x.copy()
+            b = getattr(b, "base", None)  # as_strided views hang off a helper object
+        return x
+    if type(x) is list:  # a sequence may hold arena arrays
+        return [_unalias(e, owner) for e in x]
+    return x
 
 
 class CPUExecutable(Executable):
     """Runs a graph's nodes in order with numpy kernels.
 
-    Memory plan: a liveness pass computes, for each step, the values whose last reader it is; they are
-    dropped right after it, so peak memory follows the live set rather than the whole graph.
+    Compile (``__init__``):
+
+    1. bind each node to its kernel; give every value a slot in a flat list (the run's environment)
+       and precompute each step's input/output slots and keyword arguments (attributes plus static
+       context parameters), so the run loop does no name lookups and builds no dicts;
+    2. liveness: each step frees the values whose last reader it is, so the peak of freshly allocated
+       memory follows the live set rather than the whole graph;
+    3. memory plan (:mod:`hetero.devices.cpu.memory`): values whose kernel writes into ``_out`` get a
+       fixed place in an arena.
+
+    Run: each stream context (``new_context()``) allocates its own arena once, on its first run, and
+    binds one view of it per planned value into its program; every inference on that stream reuses
+    them, and concurrent streams never share an arena. ``context=None`` (direct calls, subgraph bodies)
+    runs without an arena: every kernel allocates its outputs. Graph outputs are never in the arena,
+    so what a run returns survives the next run. A result that aliases the arena where the plan did
+    not expect it (a kernel returning its input) is copied (:func:`_unalias`).
     """
 
-    def __init__(self, graph: Graph, device_name: str = "CPU"):
+    def __init__(self, graph: Graph, device_name: str = "CPU", memory_plan: bool = True):
         self.graph = graph
         self.device_name = device_name
         self.config: dict[str, Any] = {}
         self._sub_cache: dict[int, CPUExecutable] = {}
         missing = {}
-        steps = []
+        entries = []
         for n in graph.nodes:
             reason = unsupported_reason(graph, n)
             if reason is not None:
                 missing[n.name] = {device_name: reason}
                 continue
-            entry = registry.lookup(n.op_type, n.domain, _node_opset(graph, n))
-            ctx = {}
-            if "_num_outputs" in entry.context:
-                ctx["_num_outputs"] = len(n.outputs)
-            if "_opset" in entry.context:
-                ctx["_opset"] = _node_opset(graph, n)
-            if "_output_dtypes" in entry.context:
-                ctx["_output_dtypes"] = [graph.info(o).dtype if o else None for o in n.outputs]
-            steps.append(_Step(n, entry.fn, tuple(n.inputs), tuple(n.outputs), dict(n.attrs), ctx,
-                               f"cpu_{entry.fn.__name__}"))
+            entries.append((n, registry.lookup(n.op_type, n.domain, _node_opset(graph, n))))
         if missing:
             lines = "; ".join(f"{k} ({graph.node_by_name[k].op_type}): {v[device_name]}" for k, v in missing.items())
             raise UnsupportedOpError(f"{device_name} cannot run {len(missing)} node(s): {lines}", missing)
+        # 1. value slots: 0 holds None (omitted inputs), 1 is scratch for omitted outputs
+        index: dict[str, int] = {"": 0}
+        scratch = 1
+
+        def slot(v: str) -> int:
+            if v not in index:
+                index[v] = len(index) + 1
+            return index[v]
+
+        for v in list(graph.input_names) + sorted(graph.initializers) + sorted(graph.outer_scope):
+            slot(v)
+        steps = []
+        for n, entry in entries:
+            kw = dict(n.attrs)
+            if "_num_outputs" in entry.context:
+                kw["_num_outputs"] = len(n.outputs)
+            if "_opset" in entry.context:
+                kw["_opset"] = _node_opset(graph, n)
+            if "_output_dtypes" in entry.context:
+                kw["_output_dtypes"] = [graph.info(o).dtype if o else None for o in n.outputs]
+            ins = tuple(slot(i) if i else 0 for i in n.inputs)
+            for v in node_value_inputs(n):  # outer-scope names of subgraph bodies
+                slot(v)
+            outs = tuple(slot(o) if o else scratch for o in n.outputs)
+            steps.append(_Step(n, entry.fn, ins, outs, kw, f"cpu_{entry.fn.__name__}",
+                               "_run_graph" in entry.context, "_out" in entry.context))
+        for v in graph.output_names:
+            slot(v)
+        self._index = index
         self._steps = steps
-        self._needs_run_graph = [("_run_graph" in registry.lookup(s.node.op_type, s.node.domain,
-                                                                   _node_opset(graph, s.node)).context)
-                                 for s in steps]
-        # liveness: last step reading each value; graph outputs are never freed
+        self._template: list = [None] * (len(index) + 1)
+        for k, a in graph.initializers.items():
+            self._template[index[k]] = a
+        produced = set(graph.input_names) | set(graph.initializers) | set(graph.outer_scope)
+        produced.update(o for n in graph.nodes for o in n.outputs if o)
+        self._unproduced = [o for o in graph.output_names if o not in produced]
+        self._out_slots = tuple((o, index[o]) for o in graph.output_names)
+        # 2. liveness: last step reading each value; graph outputs are never freed
         keep = set(graph.output_names)
         last: dict[str, int] = {}
         for idx, s in enumerate(steps):
@@ -151,64 +227,168 @@ class CPUExecutable(Executable):
                 last[v] = idx
         frees: dict[int, list[str]] = {}
         for v, idx in last.items():
-            if v not in keep and v not in graph.initializers:
+            if v not in keep:
                 frees.setdefault(idx, []).append(v)
         for idx, s in enumerate(steps):
-            s.free = tuple(frees.get(idx, ()))
-        # values produced but never read (and not outputs): free right after their producer
-        for s in steps:
-            dead = tuple(o for o in s.outputs if o and o not in last and o not in keep)
-            s.free = s.free + dead
+            dead = [o for o in s.node.outputs if o and o not in last and o not in keep]
+            s.frees = tuple(index[v] for v in frees.get(idx, []) + dead)
+        # 3. memory plan; steps whose inputs may live in the arena check their results
+        self.memory_plan: MemoryPlan | None = None
+        if memory_plan:
+            mp = plan_memory(graph, [s.node.name for s in steps if s.out_param])
+            if mp.offsets:
+                self.memory_plan = mp
+                for s in steps:
+                    s.guard = s.node.op_type not in VIEW_OPS and any(
+                        v in mp.roots for v in node_value_inputs(s.node))
+        self._plain_program = self._program(None)
+
+    # ---- programs ------------------------------------------------------------------------------
+    def _program(self, arena: np.ndarray | None) -> list[tuple]:
+        """The run loop's steps as tuples ``(fn, nin, i0, i1, ins, kw, out, frees, mode, buf, step)``
+        with the arena's buffers bound in (``arena`` None: no plan). ``nin`` (the input count, or
+        minus it for a kernel without keyword arguments; 0: use ``ins``) picks a call form: one or
+        two inputs are passed from slots ``i0``, ``i1`` directly, with no argument list built.
+        ``buf``: the arena view of the planned first output (None: not planned), of which each run
+        passes a new view object as ``_out``; ``mode`` says how the result is stored."""
+        mp = self.memory_plan if arena is not None else None
+        prog = []
+        for s in self._steps:
+            kw, buf = s.kw, None
+            first = s.node.outputs[0] if s.node.outputs else ""
+            if mp is not None and first in mp.offsets:
+                buf = mp.buffer(arena, first, self.graph)  # the run loop passes a new view of it
+            if s.run_graph:
+                mode, out = _RUN_GRAPH, s.outs
+            elif len(s.outs) != 1:
+                mode, out = _GENERIC, s.outs
+            else:
+                out = s.outs[0]
+                mode = _PLANNED if buf is not None else _GUARDED if (mp is not None and s.guard) else _PLAIN
+            ins = s.ins
+            nin = len(ins) if len(ins) in (1, 2) and not s.run_graph and buf is None else 0
+            if nin and not kw:
+                nin = -nin
+            i0 = ins[0] if ins else 0
+            i1 = ins[1] if len(ins) > 1 else 0
+            prog.append((s.fn, nin, i0, i1, ins, kw, out, s.frees, mode, buf, s))
+        return prog
+
+    def new_context(self) -> _StreamContext | None:
+        return _StreamContext() if self.memory_plan is not None else None
+
+    def _bind(self, ctx: _StreamContext) -> list[tuple]:
+        mp = self.memory_plan
+        # 64-byte aligned start (numpy only promises 16): every offset in the plan is a multiple of 64
+        raw = np.empty(mp.arena_bytes + ALIGN, np.uint8)
+        skip = (-raw.ctypes.data) % ALIGN
+        ctx.owner = raw
+        ctx.arena = raw[skip:skip + mp.arena_bytes]
+        ctx.program = self._program(ctx.arena)
+        return ctx.program
 
     # ---- running -------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, Any], context: Any = None,
             profile: list[ProfileRecord] | None = None) -> dict[str, Any]:
-        env: dict[str, Any] = dict(self.graph.initializers)
-        env.update(feeds)
-        self._execute(env, profile)
-        try:
-            return {o: env[o] for o in self.graph.output_names}
-        except KeyError as e:
-            raise InferError(f"graph output {e.args[0]!r} was not produced on {self.device_name}") from None
+        if self._unproduced:
+            raise InferError(f"graph output {self._unproduced[0]!r} was not produced on {self.device_name}")
+        env = self._template.copy()
+        index = self._index
+        for k, v in feeds.items():
+            i = index.get(k)
+            if i is not None:
+                env[i] = v
+        if type(context) is _StreamContext:
+            prog = context.program
+            if prog is None:
+                prog = self._bind(context)
+            owner = context.owner
+            self._execute(env, prog, owner, profile)
+            # belt and braces: the plan never puts outputs in the arena, so this never copies
+            return {o: _unalias(env[i], owner) for o, i in self._out_slots}
+        self._execute(env, self._plain_program, None, profile)
+        return {o: env[i] for o, i in self._out_slots}
 
-    def _execute(self, env: dict[str, Any], profile) -> None:
-        perf = time.perf_counter
-        for idx, s in enumerate(self._steps):
-            args = [env[i] if i else None for i in s.inputs]
-            kwargs = s.attrs
-            if s.ctx or self._needs_run_graph[idx]:
-                kwargs = dict(kwargs)
-                kwargs.update(s.ctx)
-                if self._needs_run_graph[idx]:
-                    kwargs["_run_graph"] = self._make_runner(env)
-            t0 = perf() if profile is not None else 0.0
+    def _execute(self, env: list, program: list[tuple], owner: np.ndarray | None, profile) -> None:
+        """Run ``program`` over ``env``; ``owner``: the arena's owning array (None: no arena)."""
+        if profile is not None:
+            return self._execute_profiled(env, program, owner, profile)
+        # the hot loop: per step one tuple unpack, one call, one store (see _program for the fields)
+        for fn, nin, i0, i1, ins, kw, out, frees, mode, buf, s in program:
             try:
-                res = s.fn(*args, **kwargs)
+                if mode == _PLANNED:
+                    # a new view object of the step's arena bytes each run: kernels may cache by an
+                    # input's identity (weakref + ``is``, e.g. Winograd weights), and one object
+                    # whose contents change between runs would defeat that
+                    buf = buf.view()
+                    res = fn(*[env[i] for i in ins], **kw, _out=buf)
+                elif nin == -2:
+                    res = fn(env[i0], env[i1])
+                elif nin == 2:
+                    res = fn(env[i0], env[i1], **kw)
+                elif nin == -1:
+                    res = fn(env[i0])
+                elif nin == 1:
+                    res = fn(env[i0], **kw)
+                elif buf is None and mode != _RUN_GRAPH:
+                    res = fn(*[env[i] for i in ins], **kw)
+                else:  # several outputs, the first planned; or an If/Loop/Scan
+                    extra = {}
+                    if buf is not None:
+                        extra["_out"] = buf = buf.view()
+                    if mode == _RUN_GRAPH:
+                        extra["_run_graph"] = self._make_runner(env)
+                    res = fn(*[env[i] for i in ins], **kw, **extra)
             except KeyError:
                 raise
             except Exception as e:
-                raise InferError(self._describe_failure(s, args, e)) from e
-            if profile is not None:
-                dt = perf() - t0
-                profile.append(ProfileRecord(s.node.name, s.node.op_type, s.exec_type, dt, dt))
-            outs = s.outputs
-            if len(outs) == 1:
-                if isinstance(res, tuple):
+                raise InferError(self._describe_failure(s, [env[i] for i in ins], e)) from e
+            if mode == _PLAIN:
+                if type(res) is tuple:
                     res = res[0]
-                if outs[0]:
-                    env[outs[0]] = res
+                env[out] = res
+            elif mode == _PLANNED:
+                if res is not buf:  # the kernel could not use the buffer
+                    if type(res) is tuple:
+                        res = res[0]
+                    if res is not buf:
+                        res = _unalias(res, owner)
+                env[out] = res
+            elif mode == _GUARDED:
+                if type(res) is tuple:
+                    res = res[0]
+                env[out] = _unalias(res, owner)
             else:
-                if not isinstance(res, (tuple, list)):
-                    res = (res,)
-                for name, val in zip(outs, res):
-                    if name:
-                        env[name] = val
-                if len(res) < sum(1 for o in outs if o):
-                    for name in outs[len(res):]:
-                        if name:
-                            env[name] = None
-            for v in s.free:
-                env.pop(v, None)
+                self._store_generic(env, out, res, buf, owner if s.guard or buf is not None else None)
+            for i in frees:
+                env[i] = None
+
+    def _execute_profiled(self, env: list, program: list[tuple], owner: np.ndarray | None,
+                          profile: list[ProfileRecord]) -> None:
+        """_execute with one ProfileRecord per step (each step timed on its own, through the same
+        result handling)."""
+        perf = time.perf_counter
+        for step in program:
+            s = step[-1]
+            t0 = perf()
+            self._execute(env, [step], owner, None)
+            dt = perf() - t0
+            profile.append(ProfileRecord(s.node.name, s.node.op_type, s.exec_type, dt, dt))
+
+    @staticmethod
+    def _store_generic(env: list, outs: tuple, res, buf, owner) -> None:
+        if len(outs) == 1:
+            if type(res) is tuple:
+                res = res[0]
+            res = (res,)
+        elif not isinstance(res, (tuple, list)):
+            res = (res,)
+        for k, (i, val) in enumerate(zip(outs, res)):
+            if owner is not None and not (k == 0 and val is buf):
+                val = _unalias(val, owner)
+            env[i] = val
+        for i in outs[len(res):]:
+            env[i] = None
 
     def _describe_failure(self, s: _Step, args, e: Exception) -> str:
         def d(a):
@@ -223,17 +403,24 @@ class CPUExecutable(Executable):
         return (f"node {s.node.name!r} ({s.node.op_type}) on {self.device_name} failed: "
                 f"{type(e).__name__}: {e} (inputs: {got})")
 
-    def _make_runner(self, env: dict[str, Any]):
+    def _make_runner(self, env: list):
+        index = self._index
+
         def run_graph(graph: Graph, inputs: list) -> list:
             exe = self._sub_cache.get(id(graph))
             if exe is None:
-                exe = CPUExecutable(graph, self.device_name)
+                # a body runs many times per inference (Loop) and without a stream context: no plan
+                exe = CPUExecutable(graph, self.device_name, memory_plan=False)
                 self._sub_cache[id(graph)] = exe
-            sub_env = {k: env[k] for k in graph.outer_scope if k in env}
-            sub_env.update(graph.initializers)
+            sub = exe._template.copy()
+            sub_index = exe._index
+            for k in graph.outer_scope:
+                i = index.get(k)
+                if i is not None and k not in graph.initializers:
+                    sub[sub_index[k]] = env[i]
             for info, v in zip(graph.inputs, inputs):
-                sub_env[info.name] = v
-            exe._execute(sub_env, None)
-            return [sub_env[o] for o in graph.output_names]
+                sub[sub_index[info.name]] = v
+            exe._execute(sub, exe._plain_program, None, None)
+            return [sub[i] for _, i in exe._out_slots]
 
         return run_graph

@@ -9,7 +9,13 @@ A kernel is a plain function ``fn(*inputs, **attrs) -> ndarray | tuple``:
 * keyword-only *context* parameters, passed only when the signature declares them:
   ``_num_outputs`` (how many outputs the node has), ``_opset`` (the model's default opset),
   ``_run_graph`` (``_run_graph(graph, inputs: list) -> list`` runs a subgraph of If/Loop/Scan with
-  the enclosing scope visible), ``_output_dtypes`` (list of the outputs' inferred numpy dtypes or None);
+  the enclosing scope visible), ``_output_dtypes`` (list of the outputs' inferred numpy dtypes or None),
+  ``_out`` (a preallocated array of exactly the first output's inferred shape and dtype, from the
+  executor's memory plan (``hetero.devices.cpu.memory``), or None: the kernel writes its first
+  output into it and returns that same array. It checks first that the shape and dtype it computes
+  are ``_out``'s (shape inference can be wrong); when they are not, or in a case it does not
+  handle, it ignores ``_out`` and returns a fresh array, and the executor uses what it got.
+  ``_out`` never overlaps an input the kernel reads. Declare it ``*, _out=None``);
 * returns one array, or a tuple with one entry per output (sequences are Python lists; an absent
   optional is None). Kernels never modify their inputs in place; outputs keep ONNX's dtypes exactly.
 
@@ -24,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-CONTEXT_PARAMS = ("_num_outputs", "_opset", "_run_graph", "_output_dtypes")
+CONTEXT_PARAMS = ("_num_outputs", "_opset", "_run_graph", "_output_dtypes", "_out")
 
 
 @dataclass(frozen=True)
