@@ -160,15 +160,35 @@ def cast_array(x, dt: np.dtype, saturate: int = 1, round_mode: str = "up"):
     return r if type(r) is np.ndarray else np.asarray(r, dtype=dt)
 
 
+_PLAIN = "biuf"  # numpy's own bool/int/float kinds (ml_dtypes' types have kind 'V')
+
+
+def _cast_into(x, dt: np.dtype, out) -> bool:
+    """Cast plain numeric/bool ``x`` into ``out`` (the executor's buffer, see registry ``_out``) when
+    both are numpy's own types and ``out`` has x's shape and dtype ``dt``: numpy's casting loops are
+    the ones ``astype`` runs, so the values are the same."""
+    if (out is None or out.dtype != dt or out.shape != x.shape or dt.kind not in _PLAIN
+            or x.dtype.kind not in _PLAIN):
+        return False
+    with np.errstate(all="ignore"):
+        np.copyto(out, x, casting="unsafe")
+    return True
+
+
 @kernel("Cast", since=1)
-def cast(x, *, to=None, saturate=1, round_mode="up"):
+def cast(x, *, to=None, saturate=1, round_mode="up", _out=None):
     if to is None:
         raise ValueError("Cast: attribute 'to' is required")
-    return cast_array(x, onnx_to_np_dtype(to), saturate, round_mode)
+    dt = onnx_to_np_dtype(to)
+    if type(x) is np.ndarray and _cast_into(x, dt, _out):
+        return _out
+    return cast_array(x, dt, saturate, round_mode)
 
 
 @kernel("CastLike", since=15)
-def cast_like(x, target_type, *, saturate=1, round_mode="up"):
+def cast_like(x, target_type, *, saturate=1, round_mode="up", _out=None):
+    if type(x) is np.ndarray and _cast_into(x, target_type.dtype, _out):
+        return _out
     return cast_array(x, target_type.dtype, saturate, round_mode)
 
 

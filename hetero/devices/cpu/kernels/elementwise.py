@@ -5,6 +5,10 @@ Every kernel keeps ONNX's output dtype exactly: numpy ufuncs are called so that 
 float32 (NEP 50 keeps Python scalars weak), and results whose dtype drifted (ml_dtypes' bfloat16,
 mixed-dtype Pow, ...) are cast back. Numpy may hand back 0-d results as numpy scalars; ``_arr``
 turns them into arrays again.
+
+Kernels declaring ``_out`` (see hetero.devices.cpu.registry) write their result into that
+preallocated array when its shape and dtype are exactly the result's (``_fits``/``_fits2``), via the
+ufuncs' ``out=``; otherwise they ignore it and allocate as before.
 """
 from __future__ import annotations
 
@@ -28,6 +32,21 @@ def _arr(r, dtype=None) -> np.ndarray:
     if dtype is not None and r.dtype != dtype:
         r = r.astype(dtype)
     return r
+
+
+def _fits(out, x: np.ndarray) -> bool:
+    """``out`` can take the same-shape, same-dtype result of an elementwise op on ``x``."""
+    return out is not None and out.dtype == x.dtype and out.shape == x.shape
+
+
+def _fits2(out, a: np.ndarray, b: np.ndarray) -> bool:
+    """``out`` can take ``ufunc(a, b)`` in a's dtype: both operands have out's dtype and one has its
+    shape. Then numpy either fills exactly ``out`` or raises (the broadcast is bigger than ``out``:
+    wrong shape inference), which callers catch to fall back to allocating."""
+    if out is None:
+        return False
+    dt = out.dtype
+    return a.dtype == dt and b.dtype == dt and (out.shape == a.shape or out.shape == b.shape)
 
 
 def _fwork(x: np.ndarray) -> np.ndarray:
@@ -60,8 +79,22 @@ def _quiet(fn):
 
 
 def _unary(op, fn, since=1, legacy=False, keep_dtype=True, domain=""):
-    """Register a unary kernel ``fn(x)``; float math on ml_dtypes inputs runs in float32."""
-    if legacy:
+    """Register a unary kernel ``fn(x)``; float math on ml_dtypes inputs runs in float32. When ``fn``
+    carries ``.ufunc`` (float math, see ``_ffn``), float inputs go through it with ``out=_out``."""
+    uf = getattr(fn, "ufunc", None)
+    if uf is not None and legacy:
+        def k(x, *, consumed_inputs=None, _out=None):
+            if _fits(_out, x) and x.dtype.kind == "f":
+                with np.errstate(all="ignore"):
+                    return uf(x, out=_out)
+            return _arr(fn(x), x.dtype if keep_dtype else None)
+    elif uf is not None:
+        def k(x, *, _out=None):
+            if _fits(_out, x) and x.dtype.kind == "f":
+                with np.errstate(all="ignore"):
+                    return uf(x, out=_out)
+            return _arr(fn(x), x.dtype if keep_dtype else None)
+    elif legacy:
         def k(x, *, consumed_inputs=None):
             return _arr(fn(x), x.dtype if keep_dtype else None)
     else:
@@ -77,6 +110,7 @@ def _ffn(ufunc):
     def f(x):
         with np.errstate(all="ignore"):
             return ufunc(_fwork(x))
+    f.ufunc = ufunc
     return f
 
 
@@ -243,23 +277,29 @@ def bitwise_not(x):
 # ---- binary arithmetic -------------------------------------------------------------------------
 
 def _binary(op, fn, since_modern=7, legacy=True):
-    """Register ``fn(a, b)`` for opset >= since_modern, plus an opset-1 kernel with the legacy
-    ``broadcast``/``axis``/``consumed_inputs`` attributes."""
-    def modern(a, b):
-        return fn(a, b)
-
+    """Register ``fn(a, b, *, _out=None)`` itself for opset >= since_modern (no wrapper: a call
+    less per node), plus an opset-1 kernel with the legacy ``broadcast``/``axis``/``consumed_inputs``
+    attributes."""
+    modern = functools.wraps(fn)(lambda a, b, *, _out=None: fn(a, b, _out=_out))
+    if getattr(fn, "_ours", False):  # a closure made for this op alone: register it as it is
+        modern = fn
     modern.__name__ = modern.__qualname__ = op.lower()
     kernel(op, since=since_modern)(modern)
     if legacy:
-        def old(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
-            return fn(a, _legacy_b(a, b, broadcast, axis))
+        def old(a, b, *, broadcast=0, axis=None, consumed_inputs=None, _out=None):
+            return fn(a, _legacy_b(a, b, broadcast, axis), _out=_out)
 
         old.__name__ = old.__qualname__ = op.lower() + "_legacy"
         kernel(op, since=1)(old)
 
 
 def _same_dtype_op(ufunc):
-    def f(a, b):
+    def f(a, b, *, _out=None):
+        if _out is not None and _fits2(_out, a, b):
+            try:
+                return ufunc(a, b, out=_out)
+            except ValueError:
+                pass
         dt = a.dtype
         if dt.kind == "V":  # bfloat16 & co: compute in float32
             return _arr(ufunc(a.astype(np.float32), b.astype(np.float32)), dt)
@@ -267,6 +307,7 @@ def _same_dtype_op(ufunc):
         if type(r) is not np.ndarray or r.dtype != dt:
             r = _arr(r, dt)
         return r
+    f._ours = True
     return f
 
 
@@ -275,8 +316,14 @@ _sub = _same_dtype_op(np.subtract)
 _mul = _same_dtype_op(np.multiply)
 
 
-def _div(a, b):
+def _div(a, b, *, _out=None):
     dt = a.dtype
+    if _out is not None and dt.kind == "f" and _fits2(_out, a, b):
+        try:
+            with np.errstate(all="ignore"):
+                return np.divide(a, b, out=_out)
+        except ValueError:
+            pass
     if dt.kind in _INT_KINDS:
         if b.dtype != dt:
             b = b.astype(dt)
@@ -297,7 +344,7 @@ def _div(a, b):
         return _arr(np.divide(a, b), dt)
 
 
-def _pow(x, y):
+def _pow(x, y, *, _out=None):
     dt = x.dtype
     if dt.kind == "V":
         return _arr(_pow(x.astype(np.float32), _fwork(y)), dt)
@@ -384,13 +431,20 @@ def _as_str(x: np.ndarray) -> np.ndarray:
 
 
 def _cmp(ufunc):
-    def f(a, b):
+    def f(a, b, *, _out=None):
+        if (_out is not None and _out.dtype == np.bool_ and a.dtype == b.dtype and a.dtype.kind in "biuf"
+                and (_out.shape == a.shape or _out.shape == b.shape)):
+            try:
+                return ufunc(a, b, out=_out)
+            except ValueError:
+                pass
         if a.dtype == object or b.dtype == object:
             a, b = _as_str(a), _as_str(b)
             return _arr(ufunc(a, b), np.bool_)
         if a.dtype.kind == "V" or b.dtype.kind == "V":
             a, b = _fwork(a), _fwork(b)
         return _arr(ufunc(a, b))
+    f._ours = True
     return f
 
 
@@ -402,8 +456,14 @@ _binary("GreaterOrEqual", _cmp(np.greater_equal), since_modern=12, legacy=False)
 
 
 def _logic(ufunc):
-    def f(a, b):
+    def f(a, b, *, _out=None):
+        if _out is not None and _fits2(_out, a, b):
+            try:
+                return ufunc(a, b, out=_out)
+            except ValueError:
+                pass
         return _arr(ufunc(a, b))
+    f._ours = True
     return f
 
 
@@ -414,11 +474,17 @@ _binary("Xor", _logic(np.logical_xor))
 
 # ---- variadic ----------------------------------------------------------------------------------
 
-def _variadic(ufunc, xs):
+def _variadic(ufunc, xs, out=None):
     xs = [x for x in xs if x is not None]
     if not xs:
         raise ValueError("expected at least one input")
     dt = xs[0].dtype
+    if (len(xs) >= 2 and out is not None and out.dtype == dt and all(x.dtype == dt for x in xs)
+            and out.shape == np.broadcast_shapes(*(x.shape for x in xs))):
+        ufunc(xs[0], xs[1], out=out)
+        for x in xs[2:]:
+            ufunc(out, x, out=out)
+        return out
     if dt.kind == "V":
         xs = [x.astype(np.float32) for x in xs]
     if len(xs) == 1:
@@ -434,18 +500,18 @@ def _variadic(ufunc, xs):
 
 
 @kernel("Max", since=1)
-def max_(*xs, consumed_inputs=None):
-    return _variadic(np.maximum, xs)
+def max_(*xs, consumed_inputs=None, _out=None):
+    return _variadic(np.maximum, xs, _out)
 
 
 @kernel("Min", since=1)
-def min_(*xs, consumed_inputs=None):
-    return _variadic(np.minimum, xs)
+def min_(*xs, consumed_inputs=None, _out=None):
+    return _variadic(np.minimum, xs, _out)
 
 
 @kernel("Sum", since=1)
-def sum_(*xs, consumed_inputs=None):
-    return _variadic(np.add, xs)
+def sum_(*xs, consumed_inputs=None, _out=None):
+    return _variadic(np.add, xs, _out)
 
 
 @kernel("Mean", since=1)
@@ -537,9 +603,12 @@ def clip_legacy(x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38, con
 
 
 @kernel("Clip", since=11)
-def clip(x, min=None, max=None):
+def clip(x, min=None, max=None, *, _out=None):
     dt = x.dtype
-    return _clip(x, _bound(min, dt), _bound(max, dt))
+    lo, hi = _bound(min, dt), _bound(max, dt)
+    if lo is not None and hi is not None and _fits(_out, x) and dt.kind in "iuf":
+        return np.clip(x, hi if lo > hi else lo, hi, out=_out)
+    return _clip(x, lo, hi)
 
 
 # ---- activations -------------------------------------------------------------------------------
@@ -559,10 +628,11 @@ def _aout(r, x: np.ndarray) -> np.ndarray:
     return r.reshape(()) if x.ndim == 0 else r
 
 
-def _sigmoid_f(x: np.ndarray) -> np.ndarray:
+def _sigmoid_f(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Logistic in x's float dtype as 1 / (1 + exp(-x)): exp overflowing to inf for x << 0 gives
-    the correct limit 0 (callers silence the warning), and there is no cancellation anywhere."""
-    e = np.negative(x)
+    the correct limit 0 (callers silence the warning), and there is no cancellation anywhere.
+    Written into ``out`` when given (x's shape and dtype)."""
+    e = np.negative(x, out=out)
     np.exp(e, out=e)
     e += 1
     np.reciprocal(e, out=e)
@@ -570,7 +640,9 @@ def _sigmoid_f(x: np.ndarray) -> np.ndarray:
 
 
 @kernel("Relu", since=1)
-def relu(x, *, consumed_inputs=None):
+def relu(x, *, consumed_inputs=None, _out=None):
+    if _fits(_out, x):
+        return np.maximum(x, x.dtype.type(0), out=_out)
     if x.dtype.kind == "V":
         return _arr(np.maximum(x.astype(np.float32), 0), x.dtype)
     return _arr(np.maximum(x, x.dtype.type(0)))
@@ -578,7 +650,10 @@ def relu(x, *, consumed_inputs=None):
 
 @kernel("LeakyRelu", since=1)
 @_quiet
-def leaky_relu(x, *, alpha=0.01, consumed_inputs=None):
+def leaky_relu(x, *, alpha=0.01, consumed_inputs=None, _out=None):
+    if 0.0 <= alpha <= 1.0 and _fits(_out, x) and x.dtype.kind == "f" and x.dtype != np.float16:
+        np.multiply(x, alpha, out=_out)
+        return np.maximum(x, _out, out=_out)
     xw = _ain(x)
     if 0.0 <= alpha <= 1.0:
         r = xw * alpha
@@ -650,7 +725,9 @@ def celu(x, *, alpha=1.0):
 
 @kernel("Sigmoid", since=1)
 @_quiet
-def sigmoid(x, *, consumed_inputs=None):
+def sigmoid(x, *, consumed_inputs=None, _out=None):
+    if _fits(_out, x) and x.dtype.kind == "f" and x.dtype != np.float16:
+        return _sigmoid_f(x, _out)
     xw = _ain(x)
     if xw.dtype.kind != "f":
         xw = xw.astype(np.float64)
@@ -659,23 +736,25 @@ def sigmoid(x, *, consumed_inputs=None):
 
 @kernel("HardSigmoid", since=1)
 @_quiet
-def hard_sigmoid(x, *, alpha=0.2, beta=0.5, consumed_inputs=None):
-    xw = _ain(x)
-    r = xw * alpha
+def hard_sigmoid(x, *, alpha=0.2, beta=0.5, consumed_inputs=None, _out=None):
+    native = _fits(_out, x) and x.dtype.kind == "f" and x.dtype != np.float16
+    xw = x if native else _ain(x)
+    r = np.multiply(xw, alpha, out=_out if native else None)
     r += beta
     np.clip(r, 0, 1, out=r)
-    return _aout(r, x)
+    return r if native else _aout(r, x)
 
 
 @kernel("HardSwish", since=14)
 @_quiet
-def hard_swish(x):
-    xw = _ain(x)
-    r = xw * (1.0 / 6.0)
+def hard_swish(x, *, _out=None):
+    native = _fits(_out, x) and x.dtype.kind == "f" and x.dtype != np.float16
+    xw = x if native else _ain(x)
+    r = np.multiply(xw, 1.0 / 6.0, out=_out if native else None)
     r += 0.5
     np.clip(r, 0, 1, out=r)
     r *= xw
-    return _aout(r, x)
+    return r if native else _aout(r, x)
 
 
 def _softplus_f(xw: np.ndarray) -> np.ndarray:

@@ -316,10 +316,11 @@ def _as_2d(x, axis):
     return x.reshape(n, m)
 
 
-def _softmax_core(xc, axis, log):
+def _softmax_core(xc, axis, log, out=None):
     m = np.max(xc, axis=axis, keepdims=True) if xc.shape[axis] else np.zeros(())
     m = np.where(np.isfinite(m), m, np.zeros_like(m))
-    e = np.subtract(xc, m, dtype=xc.dtype)  # a fresh array: the in-place steps below never touch x
+    # a fresh array (or the caller's out buffer): the in-place steps below never touch x
+    e = np.subtract(xc, m, dtype=xc.dtype, out=out)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if log:
             lse = np.log(np.sum(np.exp(e), axis=axis, keepdims=True))
@@ -328,8 +329,16 @@ def _softmax_core(xc, axis, log):
         return np.divide(e, np.sum(e, axis=axis, keepdims=True), out=e)
 
 
-def _softmax(x, axis, log, flatten):
+def _softmax(x, axis, log, flatten, out=None):
     x = np.asarray(x)
+    if (out is not None and x.size and x.ndim and _is_native_float(x.dtype) and out.dtype == x.dtype
+            and out.shape == x.shape and out.flags.c_contiguous):
+        # written straight into the executor's buffer (a reshape of a contiguous array is a view)
+        if flatten:
+            _softmax_core(_as_2d(x, axis), 1, log, _as_2d(out, axis))
+        else:
+            _softmax_core(x, _norm_axis(axis, x.ndim), log, out)
+        return out
     # float16 stays float16 (as onnx's expected outputs are computed); bfloat16/float8 go via float32
     xc = x if (_is_native_float(x.dtype) or x.dtype == np.float16) else x.astype(np.float32)
     if x.size == 0:
@@ -364,23 +373,23 @@ def _hardmax(x, axis, flatten):
 
 
 @kernel("Softmax", since=1)
-def softmax_v1(input, *, axis=1):
-    return _softmax(input, axis, False, True)
+def softmax_v1(input, *, axis=1, _out=None):
+    return _softmax(input, axis, False, True, _out)
 
 
 @kernel("Softmax", since=13)
-def softmax(input, *, axis=-1):
-    return _softmax(input, axis, False, False)
+def softmax(input, *, axis=-1, _out=None):
+    return _softmax(input, axis, False, False, _out)
 
 
 @kernel("LogSoftmax", since=1)
-def log_softmax_v1(input, *, axis=1):
-    return _softmax(input, axis, True, True)
+def log_softmax_v1(input, *, axis=1, _out=None):
+    return _softmax(input, axis, True, True, _out)
 
 
 @kernel("LogSoftmax", since=13)
-def log_softmax(input, *, axis=-1):
-    return _softmax(input, axis, True, False)
+def log_softmax(input, *, axis=-1, _out=None):
+    return _softmax(input, axis, True, False, _out)
 
 
 @kernel("Hardmax", since=1)

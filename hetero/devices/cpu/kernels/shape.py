@@ -187,7 +187,7 @@ def transpose(data, *, perm=None):
 
 
 @kernel("Concat", since=1)
-def concat(*inputs, axis=1):
+def concat(*inputs, axis=1, _out=None):
     arrs = [np.asarray(a) for a in inputs if a is not None]
     if not arrs:
         raise ValueError("Concat needs at least one input")
@@ -197,6 +197,11 @@ def concat(*inputs, axis=1):
     ax = _norm_axis(axis, rank)
     if len(arrs) == 1:
         return arrs[0]
+    if _out is not None and all(a.dtype == _out.dtype for a in arrs):
+        try:  # numpy checks that _out has exactly the result's shape
+            return np.concatenate(arrs, axis=ax, out=_out)
+        except ValueError:
+            pass
     return np.concatenate(arrs, axis=ax)
 
 
