@@ -219,6 +219,18 @@ def test_auto_on_this_machine(core):
     assert set(finish(reqs, xs)) == {cm.selection.device}
 
 
+def test_release_while_the_accelerator_compiles(core):
+    mock(core, 0).pause_compile()
+    cm = core.compile_model(MODEL, "AUTO:MOCK.0,CPU")
+    np.testing.assert_allclose(cm(sample(0))[0], reference(sample(0)), rtol=1e-5)
+    cm.release()
+    mock(core, 0).resume_compile()
+    assert cm.wait_ready(10)
+    assert cm._sched.devices == ["CPU"]  # the late accelerator was released, not added
+    with pytest.raises(DeviceError, match="released"):
+        cm(sample(1))
+
+
 # ---- runtime fallback ------------------------------------------------------------------------------------
 
 def test_runtime_fallback_to_the_next_candidate(core):

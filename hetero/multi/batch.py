@@ -262,7 +262,8 @@ class BatchCompiledModel(CompiledModel):
 
     def _submit(self, request, body) -> None:
         prof = [] if self._perf_count else None
-        self._batcher.submit(Job(dict(request._inputs), prof, done=lambda job: body(_Done(job))))
+        t0 = time.perf_counter()
+        self._batcher.submit(Job(dict(request._inputs), prof, done=lambda job: body(_Done(job, t0))))
 
     def set_tracer(self, tracer) -> None:
         base = getattr(super(), "set_tracer", None)

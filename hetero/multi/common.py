@@ -7,6 +7,7 @@ import copy
 import os
 import sys
 import threading
+import time
 from typing import Any, Callable, Mapping
 
 from .. import properties as P
@@ -168,12 +169,14 @@ def with_context(e: BaseException, prefix: str) -> BaseException:
 
 
 class _Done:
-    """The context an async request's body gets once its job has finished on a worker."""
+    """The context an async request's body gets once its job has finished on a worker
+    (``submitted_at``: perf_counter when the request was started, for its latency)."""
 
-    __slots__ = ("job",)
+    __slots__ = ("job", "submitted_at")
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, submitted_at: float | None = None):
         self.job = job
+        self.submitted_at = submitted_at
 
 
 class ScheduledCompiledModel(CompiledModel):
@@ -212,7 +215,9 @@ class ScheduledCompiledModel(CompiledModel):
 
     def _submit(self, request, body) -> None:
         prof = [] if self._perf_count else None
-        self._sched.submit(Job(dict(request._inputs), prof, done=lambda job: body(_Done(job)), seq=request.request_id))
+        t0 = time.perf_counter()
+        self._sched.submit(Job(dict(request._inputs), prof, done=lambda job: body(_Done(job, t0)),
+                               seq=request.request_id))
 
     def set_tracer(self, tracer) -> None:
         """HETERO_TRACE_FILE: dispatch instants on this model's track; device models trace their runs."""

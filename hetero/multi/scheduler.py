@@ -158,6 +158,11 @@ class Scheduler:
                    expected: bool = False) -> None:
         """Add a compiled device with ``nworkers`` workers (appended to the rotation if ``active``);
         ``expected``: it is one announced by :meth:`expect`."""
+        if self._closed:  # released while this device compiled (AUTO's background compile)
+            rel = getattr(compiled, "release", None)
+            if callable(rel):
+                rel()
+            return
         d = _DeviceState(name, compiled, max(1, int(nworkers)))
         contexts = list(contexts or [])
         make = getattr(getattr(compiled, "_runner", None), "new_context", lambda: None)
@@ -192,7 +197,8 @@ class Scheduler:
     def arrived(self, name: str, compiled, nworkers: int, priorities: list[str], contexts: list | None = None) -> None:
         """An expected device is compiled: add it and switch the rotation to ``priorities`` at once."""
         self.add_device(name, compiled, nworkers, active=False, contexts=contexts)
-        self.set_priorities(priorities, _arrived=True)
+        if name in self._devices:  # (not when the model was released meanwhile)
+            self.set_priorities(priorities, _arrived=True)
 
     @property
     def devices(self) -> list[str]:
