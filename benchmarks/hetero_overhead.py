@@ -6,6 +6,8 @@
    their share of the time (from PERF_COUNT profiling), and latency next to GPU and CPU alone.
    Without a GPU, MOCK.0 stands in for it (said so in the output).
 3. Async: requests/s through AsyncInferQueue (pipelined across subgraphs) vs back-to-back sync infer.
+4. Pipelining with simulated devices (MOCK.0, MOCK.1 sleeping 20 ms per subgraph): sync vs async.
+5. AFFINITY_POLICY=COST vs each device alone.
 
     python benchmarks/hetero_overhead.py                      # squeezenet, resnet50; CPU and GPU.0
     python benchmarks/hetero_overhead.py --models resnet50 --iters 30
@@ -180,6 +182,23 @@ def pipelining(core, iters):
             core._registry.get(m).reset()
 
 
+def cost_policy(core, models, gpu, iters):
+    print(f"\n## 5. AFFINITY_POLICY=COST on HETERO:{gpu},CPU vs each device alone (median latency, ms)\n")
+    print(f"{'model':<12} {'compile s':>9} {'subgraphs':>9} {'on ' + gpu:>9} {'on CPU':>7} {'COST':>9} "
+          f"{gpu:>9} {'CPU':>9}")
+    for name in models:
+        g = load(name)
+        f = feeds_for(g)
+        t0 = time.perf_counter()
+        het = core.compile_model(g, f"HETERO:{gpu},CPU", {"AFFINITY_POLICY": "COST"})
+        t_c = time.perf_counter() - t0
+        alone, cpu = core.compile_model(g, gpu), core.compile_model(g, "CPU")
+        on = list(het.assignment.device.values())
+        t_het, t_gpu, t_cpu = interleaved([lambda: het(f), lambda: alone(f), lambda: cpu(f)], iters)
+        print(f"{name:<12} {t_c:9.2f} {len(het.plan.subgraphs):9d} {on.count(gpu):9d} {on.count('CPU'):7d} "
+              f"{t_het * 1e3:9.1f} {t_gpu * 1e3:9.1f} {t_cpu * 1e3:9.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="tiny,squeezenet,resnet50")
@@ -202,6 +221,7 @@ def main() -> None:
     split_costs(core, real, gpu, args.iters)
     async_throughput(core, real, gpu, args.iters)
     pipelining(core, args.iters)
+    cost_policy(core, real, gpu, args.iters)
 
 
 if __name__ == "__main__":
