@@ -153,6 +153,7 @@ class CompiledModel:
         self.inputs = [Port(i, t, True) for i, t in enumerate(graph.inputs)]
         self.outputs = [Port(i, t, False) for i, t in enumerate(graph.outputs)]
         self._default_request: InferRequest | None = None
+        self._default_claimed = False
         self._default_lock = threading.Lock()
         self._tracer: Any = _trace.NULL_TRACER  # HETERO_TRACE_FILE: set_tracer (Core.compile_model)
         self._trace_seq = itertools.count()
@@ -183,7 +184,7 @@ class CompiledModel:
             for p in self.inputs + self.outputs:
                 if key in p.names:
                     return p
-            raise InferError("no tensor named " + suggest(key, [p.any_name for p in self.inputs + self.outputs]))
+            raise InferError("unknown tensor name: " + suggest(key, [p.any_name for p in self.inputs + self.outputs]))
         raise InferError(f"tensor key must be a name, an index or a Port, got {type(key).__name__}")
 
     # ---- input checking ----------------------------------------------------------------------------
@@ -202,6 +203,9 @@ class CompiledModel:
             items = [(0, inputs)]
         out: dict[str, Any] = {}
         for key, value in items:
+            if isinstance(key, str) and not any(key in p.names for p in self.inputs):
+                raise InferError(f"unknown input: {suggest(key, [p.any_name for p in self.inputs])} "
+                                 f"(the model takes {', '.join(p.describe() for p in self.inputs)})")
             port = self._port(key, prefer="input")
             if not port.is_input:
                 raise InferError(f"{port.any_name!r} is an output, not an input; inputs: "
@@ -298,14 +302,22 @@ class CompiledModel:
         return InferRequest(self)
 
     def __call__(self, inputs=None, share_inputs: bool = False) -> InferResults:
+        # the default request is not re-entrant: a caller claims it under the lock, and concurrent
+        # callers get a request of their own (checking ``_busy`` outside the lock raced: two threads
+        # could both see it idle and one got "request is busy")
         with self._default_lock:
             if self._default_request is None:
                 self._default_request = self.create_infer_request()
             req = self._default_request
-        # the default request is not re-entrant: concurrent callers get their own
-        if req._busy:
-            req = self.create_infer_request()
-        return req.infer(inputs)
+            claimed = not self._default_claimed
+            self._default_claimed = True
+        if not claimed:
+            return self.create_infer_request().infer(inputs)
+        try:
+            return req.infer(inputs)
+        finally:
+            with self._default_lock:
+                self._default_claimed = False
 
     def infer_new_request(self, inputs=None) -> InferResults:
         return self.create_infer_request().infer(inputs)

@@ -156,13 +156,19 @@ class Core:
             return query_hetero(self, graph, parsed, dict(config or {}))
         if parsed.virtual is None:
             dev = self._registry.get(parsed.items[0], device_name)
-            return {n: dev.name for n, ok in dev.query(graph).items() if ok is True}
-        # MULTI / AUTO: nodes every listed device supports
-        devs = [self._registry.get(i, device_name) for i in parsed.items if not i.exclude]
-        if not devs:
-            devs = [self._registry.get(self._auto_fallback(parsed))]
+            devs, target = [dev], dev.name
+        else:  # MULTI / AUTO: nodes every listed device supports
+            devs = [self._registry.get(i, device_name) for i in parsed.items if not i.exclude]
+            if not devs:
+                devs = [self._registry.get(self._auto_fallback(parsed))]
+            target = device_name
         answers = [d.query(graph) for d in devs]
-        return {n.name: device_name for n in graph.nodes if all(a.get(n.name) is True for a in answers)}
+        out: dict[str, str] = {}
+        for n in graph.nodes:  # graph order; originals fused into a node follow it (as HETERO's query)
+            if all(a.get(n.name) is True for a in answers):
+                out[n.name] = target
+                out.update((f, target) for f in n.fused)
+        return out
 
 
 def prepare_graph(graph: Graph) -> Graph:
@@ -192,7 +198,7 @@ def compile_single(core: Core, graph: Graph, parsed: ParsedDevice, config: dict[
         extra["OPTIMAL_NUMBER_OF_INFER_REQUESTS"] = spec.nreq
     cm = CompiledModel(optimized, exe, dev.name, cfg, streams=streams, execution_devices=[dev.name],
                        extra_properties=extra, original=graph)
-    if os.environ.get("HETERO_DEBUG"):
+    if os.environ.get("HETERO_DEBUG", "0") not in ("", "0"):  # HETERO_DEBUG=0 means off
         print(f"[hetero] compiled {graph.name!r} on {dev.name}: {len(optimized.nodes)} nodes, "
               f"{streams} stream(s), {exe.compile_time * 1e3:.1f} ms", file=sys.stderr)
     return cm

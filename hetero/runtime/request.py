@@ -157,12 +157,14 @@ class InferRequest:
         self._begin(inputs)
         try:
             self._run_now()
+            # take the outcome while still busy: once the flags clear, another thread may rerun us
+            err, self._error = self._error, None
+            results = self.results
         finally:
             self._finish_flags()
-        if self._error is not None:
-            err, self._error = self._error, None
+        if err is not None:
             raise err
-        return self.results
+        return results
 
     def start_async(self, inputs=None, userdata: Any = None, share_inputs: bool = False) -> None:
         """Start running in the background; ``wait()`` or the callback tells when it is done."""
