@@ -94,10 +94,11 @@ def conv_geometry(in_sp, k, strides, dilations, pads, auto_pad):
     return pb, pe, out
 
 
-def pad_input(x, pb, pe, value=0, slot="pad"):
+def pad_input(x, pb, pe, value=0, slot="pad", slack=0):
     """x (N, C, *sp) padded by pb/pe on the spatial axes, in a per-thread workspace.
 
-    Negative pads crop. Returns x itself when there is nothing to pad."""
+    Negative pads crop. Returns x itself when there is nothing to pad (and no ``slack`` is asked
+    for: ``slack`` extra readable elements after the padded array's end)."""
     nsp = x.ndim - 2
     if any(p < 0 for p in pb) or any(p < 0 for p in pe):
         sl = (slice(None), slice(None)) + tuple(
@@ -105,10 +106,14 @@ def pad_input(x, pb, pe, value=0, slot="pad"):
         x = x[sl]
         pb = [max(0, p) for p in pb]
         pe = [max(0, p) for p in pe]
-    if not any(pb) and not any(pe):
+    if not any(pb) and not any(pe) and not slack:
         return x
     shape = x.shape[:2] + tuple(x.shape[2 + i] + pb[i] + pe[i] for i in range(nsp))
-    buf = workspace(slot, math.prod(shape), x.dtype).reshape(shape)
+    n = math.prod(shape)
+    flat = workspace(slot, n + slack, x.dtype)
+    if slack:
+        flat[n:] = value
+    buf = flat[:n].reshape(shape)
     full = slice(None)
     for i in range(nsp):
         lead = (full,) * (2 + i)
@@ -195,13 +200,37 @@ def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k):
     """Depthwise conv (one input channel per group, ``mult`` outputs per channel).
 
     numpy's broadcasting multiply (a per-channel weight times a plane) runs far below its
-    contiguous speed, so instead of per-tap multiply-adds the taps are gathered once (a single
-    strided copy of the padded input into (C, K, P) columns) and reduced by one batched matmul
-    (C, mult, K) @ (C, K, P), which writes straight into the output."""
+    contiguous speed, so instead of per-tap multiply-adds the taps are gathered once into
+    (C, K, P) columns and reduced by one batched matmul (C, mult, K) @ (C, K, P).
+    With unit strides the gather is "wide": on the flattened padded plane every tap is one
+    contiguous run (rows of the full padded pitch, a few garbage columns cropped at the end), so
+    the copy moves long rows instead of one short row per output line."""
     N, C = x.shape[:2]
     M = w.shape[0]
     mult = M // C
+    nsp = x.ndim - 2
     K = math.prod(k)
+    wk = w.reshape(C, mult, K)
+    if all(s == 1 for s in strides) and nsp >= 2:
+        padded = [x.shape[2 + i] + pb[i] + pe[i] for i in range(nsp)]
+        pitch = [math.prod(padded[i + 1:]) for i in range(nsp)]
+        Lw = out_sp[0] * pitch[0]
+        plane = math.prod(padded)
+        max_off = sum((k[i] - 1) * dilations[i] * pitch[i] for i in range(nsp))
+        slack = max(0, max_off + Lw - plane)
+        xp = pad_input(x, pb, pe, slack=slack)
+        it = xp.itemsize
+        view = as_strided(xp, (N, C) + tuple(k) + (Lw,),
+                          xp.strides[:2] + tuple(dilations[i] * pitch[i] * it for i in range(nsp)) + (it,),
+                          writeable=False)
+        cols = workspace("cols", C * K * Lw, y.dtype).reshape((C,) + tuple(k) + (Lw,))
+        yw = workspace("dw_out", C * mult * Lw, y.dtype).reshape(C, mult, Lw)
+        crop = (slice(None), slice(None)) + tuple(slice(0, o) for o in out_sp[1:])
+        for n in range(N):
+            np.copyto(cols, view[n])
+            np.matmul(wk, cols.reshape(C, K, Lw), out=yw)
+            np.copyto(y[n], yw.reshape((M, out_sp[0]) + tuple(padded[1:]))[crop])
+        return
     P = math.prod(out_sp)
     xp = pad_input(x, pb, pe)
     s_n, s_c = xp.strides[:2]
@@ -211,7 +240,6 @@ def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k):
         (s_n, s_c) + tuple(d * s for d, s in zip(dilations, s_sp)) + tuple(st * s for st, s in zip(strides, s_sp)),
         writeable=False)
     cols = workspace("cols", C * K * P, y.dtype).reshape((C,) + tuple(k) + tuple(out_sp))
-    wk = w.reshape(C, mult, K)
     yv = y.reshape(N, C, mult, P)
     for n in range(N):
         np.copyto(cols, view[n])

@@ -8,6 +8,7 @@ winning tap over all taps (first maximum wins) and turns it into flat NCHW indic
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -18,6 +19,15 @@ from .conv import _compute_dtype, _ints, _tap_slices, conv_geometry, pad_input, 
 
 def _pool_geometry(in_sp, k, st, dl, pads, auto_pad, ceil_mode):
     """(pads_begin, declared pads_end, pads_end needed for the windows, out_spatial)."""
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    key = (tuple(in_sp), tuple(k), tuple(st), tuple(dl), None if pads is None else tuple(int(p) for p in pads),
+           auto_pad or "NOTSET", bool(ceil_mode))
+    return _pool_geometry_cached(*key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pool_geometry_cached(in_sp, k, st, dl, pads, auto_pad, ceil_mode):
     n = len(in_sp)
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
     ext = [(k[i] - 1) * dl[i] + 1 for i in range(n)]
@@ -35,7 +45,7 @@ def _pool_geometry(in_sp, k, st, dl, pads, auto_pad, ceil_mode):
             out.append(max(0, o))
     pe_need = [max(pe[i], (out[i] - 1) * st[i] + ext[i] - in_sp[i] - pb[i]) if out[i] > 0 else pe[i]
                for i in range(n)]
-    return pb, pe, pe_need, out
+    return tuple(pb), tuple(pe), tuple(pe_need), tuple(out)
 
 
 def _prep(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, what):
@@ -51,28 +61,74 @@ def _prep(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, what):
     return k, st, dl, pb, pe, pe_need, out
 
 
-def _separable_reduce(xp, k, dl, st, out, ufunc, dtype):
-    """Reduce windows of the padded array xp (N, C, *padded) with ufunc (maximum / add), axis by axis."""
-    nsp = xp.ndim - 2
-    a = xp
-    order = list(range(nsp - 1, -1, -1))  # last axis first: shrinks the data early for strided pools
-    for step, ax in enumerate(order):
-        last = step == nsp - 1
-        shape = list(a.shape)
-        shape[2 + ax] = out[ax]
-        if last:
-            r = np.empty(shape, dtype)
+def _window_reduce(X, k, dl, st, pb, pe_need, out, ufunc, dtype, pad_value):
+    """Reduce every pooling window of X (N, C, *sp) with ufunc (maximum / add) -> (N, C, *out).
+
+    Separable: one spatial axis at a time. The last axis runs on the flattened buffer: with its
+    padded length a multiple of the stride, "every s-th element from offset t*d" is a 1-D strided
+    slice, so each tap is ONE long 1-D ufunc call (no per-row loop inside numpy); rows get a few
+    garbage tail columns that are cropped at the end. The other axes slice whole contiguous rows.
+    """
+    nsp = X.ndim - 2
+    N, C = X.shape[:2]
+    out = [int(o) for o in out]
+    pe_need = list(pe_need)
+    sl = st[-1]
+    last_len = X.shape[-1] + pb[-1] + pe_need[-1]
+    pe_need[-1] += (-last_len) % sl  # padded last extent: a multiple of the stride
+    xp = pad_input(X, pb, pe_need, value=pad_value)
+    if not xp.flags.c_contiguous:
+        xp = np.ascontiguousarray(xp)
+    D = xp.shape[-1]
+    Wq = D // sl
+    A = xp.size // D
+    O_l = out[-1]
+    Lout = (A - 1) * Wq + O_l
+    lead_shape = xp.shape[:-1]
+    direct = nsp == 1 and Wq == O_l
+    if direct:
+        res = np.empty((N, C, O_l), dtype)
+        r = res.reshape(-1)
+    else:
+        buf = workspace("pool0", A * Wq, dtype)
+        r = buf[:Lout]
+    flat = xp.reshape(-1)
+    kl, dlast = k[-1], dl[-1]
+    for t in range(kl):
+        src = flat[t * dlast: t * dlast + sl * (Lout - 1) + 1: sl]
+        if t == 0:
+            np.copyto(r, src, casting="unsafe")
         else:
-            r = workspace(f"pool{step % 2}", math.prod(shape), dtype).reshape(shape)
+            ufunc(r, src, out=r)
+    if direct:
+        return res
+    cur = buf.reshape(lead_shape + (Wq,))
+    # remaining axes, last-but-one first: slices of whole rows
+    for step, ax in enumerate(range(nsp - 2, -1, -1)):
+        shape = list(cur.shape)
+        shape[2 + ax] = out[ax]
+        final = ax == 0 and Wq == O_l
+        if final:
+            nxt = np.empty(shape, dtype)
+        else:
+            nxt = workspace(f"pool{(step + 1) % 2}", math.prod(shape), dtype).reshape(shape)
         lead = (slice(None),) * (2 + ax)
         for t in range(k[ax]):
-            src = a[lead + (slice(t * dl[ax], t * dl[ax] + (out[ax] - 1) * st[ax] + 1, st[ax]),)]
+            src = cur[lead + (slice(t * dl[ax], t * dl[ax] + (out[ax] - 1) * st[ax] + 1, st[ax]),)]
             if t == 0:
-                np.copyto(r, src, casting="unsafe")
+                np.copyto(nxt, src, casting="unsafe")
             else:
-                ufunc(r, src, out=r)
-        a = r
-    return a
+                ufunc(nxt, src, out=nxt)
+        cur = nxt
+        if final:
+            return cur
+    return np.ascontiguousarray(cur[..., :O_l])
+
+
+def _covers_all(in_sp, k, dl, st, pb, out):
+    """True when there is a single window per axis and it spans the whole input (a global pool)."""
+    return all(out[i] == 1 and pb[i] <= 0 and -pb[i] + (k[i] - 1) * dl[i] + 1 >= in_sp[i] and dl[i] == 1
+               for i in range(len(in_sp))) and all(o == 1 for o in out)
 
 
 def _min_value(dtype):
@@ -97,9 +153,11 @@ def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
     if math.prod(out) == 0 or N * C == 0:
         y = np.empty((N, C) + tuple(out), dt)
         return y if _num_outputs <= 1 else (y, np.empty(y.shape, np.int64))
-    xp = pad_input(X, pb, pe_need, value=_min_value(dt))
     if _num_outputs <= 1:
-        return _separable_reduce(xp, k, dl, st, out, np.maximum, dt)
+        if _covers_all(X.shape[2:], k, dl, st, pb, out):
+            return X.reshape(N, C, -1).max(axis=2).reshape((N, C) + (1,) * nsp)
+        return _window_reduce(X, k, dl, st, pb, pe_need, out, np.maximum, dt, _min_value(dt))
+    xp = pad_input(X, pb, pe_need, value=_min_value(dt))
     # values + indices: running max over all taps, remembering the first winning tap
     taps = _tap_slices(k, dl, st, out)
     lead = (slice(None), slice(None))
@@ -129,7 +187,13 @@ def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
 
 
 def _divisor(in_sp, k, st, dl, pb, pe, out, count_include_pad, dtype):
-    """Per-output window element counts (product of per-axis counts), shaped (*out)."""
+    """Per-output window element counts (product of per-axis counts), shaped (*out); cached, read-only."""
+    return _divisor_cached(tuple(in_sp), tuple(k), tuple(st), tuple(dl), tuple(pb), tuple(pe), tuple(out),
+                           bool(count_include_pad), np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=1024)
+def _divisor_cached(in_sp, k, st, dl, pb, pe, out, count_include_pad, dtype):
     div = None
     nsp = len(in_sp)
     for ax in range(nsp):
@@ -140,6 +204,8 @@ def _divisor(in_sp, k, st, dl, pb, pe, out, count_include_pad, dtype):
         shp[ax] = out[ax]
         cnt = cnt.reshape(shp)
         div = cnt if div is None else div * cnt
+    div = np.ascontiguousarray(div)
+    div.flags.writeable = False
     return div
 
 
@@ -154,9 +220,11 @@ def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     if math.prod(out) == 0 or N * C == 0:
         return np.empty((N, C) + tuple(out), dt)
     x = X.astype(cdt, copy=False)
-    xp = pad_input(x, pb, pe_need, value=0)
-    y = _separable_reduce(xp, k, dl, st, out, np.add, cdt)
     div = _divisor(X.shape[2:], k, st, dl, pb, pe, out, count_include_pad, cdt)
+    if _covers_all(X.shape[2:], k, dl, st, pb, out):
+        y = x.reshape(N, C, -1).sum(axis=2, dtype=cdt).reshape((N, C) + (1,) * (X.ndim - 2))
+    else:
+        y = _window_reduce(x, k, dl, st, pb, pe_need, out, np.add, cdt, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         y /= div
     return y if y.dtype == dt else y.astype(dt)
@@ -178,8 +246,7 @@ def lp_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=N
         np.square(x, out=x)
     elif p != 1.0:
         np.power(x, np.asarray(p, cdt), out=x)
-    xp = pad_input(x, pb, pe_need, value=0)
-    y = _separable_reduce(xp, k, dl, st, out, np.add, cdt)
+    y = _window_reduce(x, k, dl, st, pb, pe_need, out, np.add, cdt, 0)
     if p == 2.0:
         np.sqrt(y, out=y)
     elif p != 1.0:
