@@ -260,6 +260,28 @@ def test_f16_within_tolerance(case_id):
     assert any(b.dtype == np.float16 for b in exe.plan.bufs.values())
 
 
+@needs_gpu
+def test_f16_keeps_float_storage_where_half_would_overflow():
+    """
+        x ─ Relu ─ Mul(×1000) ─ Mul(×1000) ─ Sub(1e6) ─ Mul(1e-6) ─ y      (= x - 1 for x >= 0)
+            half   half (≤ 2000) └──────── float: values reach 2e6, past half's range ────┘
+    """
+    init = [numpy_helper.from_array(np.float32(v), n) for n, v in (("k", 1000.0), ("off", 1e6), ("s", 1e-6))]
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Mul", ["a", "k"], ["b"], name="m1"),
+             helper.make_node("Mul", ["b", "k"], ["c"], name="m2"), helper.make_node("Sub", ["c", "off"], ["d"], name="sub"),
+             helper.make_node("Mul", ["d", "s"], ["y"], name="m3")]
+    m = _model(nodes, [_vi("x", [4, 8])], [_vi("y", [4, 8])], init)
+    x = np.linspace(0, 2, 32, dtype=np.float32).reshape(4, 8)
+    exe = _gpu().compile(hetero.read_model(m), {"INFERENCE_PRECISION_HINT": "f16"})
+    assert exe.plan.half_nodes == {"relu", "m1"}
+    y = exe.run({"x": x})["y"]
+    from hetero.devices.opencl import f16_allclose
+
+    assert np.all(np.isfinite(y)) and f16_allclose(y, x - 1)
+    # all-half storage would have overflowed: 2e6 is not a half
+    assert np.finfo(np.float16).max < 2e6
+
+
 # ---- compile cache ----------------------------------------------------------------------------------
 
 @needs_gpu

@@ -126,6 +126,12 @@ class OpenCLDevice(Device):
         cfg = self.config(config)
         caps = self.caps(cfg)
         plan = build_plan(graph, caps, lenient=True)
+        if caps.half_mode and not plan.reasons:
+            from .precision import wide_values
+
+            wide = wide_values(self, graph, caps, cfg)
+            if wide:
+                plan = build_plan(graph, caps, lenient=True, wide=wide)
         if plan.reasons:
             nodes = {k: {self.name: v} for k, v in plan.reasons.items()}
             lines = "; ".join(f"{k}: {v}" for k, v in list(plan.reasons.items())[:20])

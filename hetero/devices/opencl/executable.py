@@ -56,7 +56,8 @@ class StreamContext:
 
 
 class OpenCLExecutable(Executable):
-    def __init__(self, device, graph: Graph, plan: Plan, caps: DeviceCaps, config: Mapping[str, Any]):
+    def __init__(self, device, graph: Graph, plan: Plan, caps: DeviceCaps, config: Mapping[str, Any],
+                 probe: bool = False):
         import pyopencl as cl
 
         t0 = time.perf_counter()
@@ -107,6 +108,10 @@ class OpenCLExecutable(Executable):
         for li in plan.run_launches:
             needed |= {a.id for a in plan.launches[li].args if isinstance(a, BufRef)}
         needed |= {o.buf for o in plan.outputs if o.buf is not None}
+        keep_live = {o.buf for o in plan.outputs if o.buf is not None}
+        if probe:  # calibration (precision.py): every value stays readable after the run
+            keep_live |= {b for b in plan.value_bufs.values() if b not in plan.uploads}
+            needed |= keep_live
         for b, buf in temp.items():
             if b in needed:
                 self._const_bufs[b] = buf  # a folded constant the per-inference launches read
@@ -114,13 +119,15 @@ class OpenCLExecutable(Executable):
         run_io = [(plan.launches[i].reads, plan.launches[i].writes) for i in plan.run_launches]
         const = set(self._const_bufs)
         sizes = {b: plan.bufs[b].nbytes for b in needed | {i.buf for i in plan.inputs} if b not in const}
-        lts = lifetimes(run_io, sizes, frozenset(i.buf for i in plan.inputs),
-                        frozenset(o.buf for o in plan.outputs if o.buf is not None))
+        lts = lifetimes(run_io, sizes, frozenset(i.buf for i in plan.inputs), frozenset(keep_live))
         self.memory: MemoryPlan = plan_memory(lts)
         self.weight_bytes = sum(plan.bufs[b].nbytes for b in self._const_bufs)
         # 5. warm-up through a fresh context, then keep the binaries
         self._default: StreamContext | None = None
         self._default_lock = threading.Lock()
+        if probe:
+            self.compile_time = time.perf_counter() - t0
+            return
         warm = self.new_context()
         self.run({i.name: np.zeros(i.shape, i.dtype) for i in plan.inputs}, warm)
         self._default = warm
@@ -128,6 +135,23 @@ class OpenCLExecutable(Executable):
             for key in keys:
                 PROGRAMS.store(cdev, key, self._programs[key], cache_dir)
         self.compile_time = time.perf_counter() - t0
+
+    def probe(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run once and read back every runtime value (executables built with probe=True)."""
+        import pyopencl as cl
+
+        ctx = self.new_context()
+        self.run(feeds, ctx)
+        out = {}
+        for name, b in self.plan.value_bufs.items():
+            if b not in ctx.bufs:
+                continue
+            info = self.plan.bufs[b]
+            a = np.empty(info.nbytes // info.dtype.itemsize, info.dtype)
+            if a.nbytes:
+                cl.enqueue_copy(ctx.queue, a, ctx.bufs[b])
+            out[name] = a
+        return out
 
     # ---- Executable ---------------------------------------------------------------------------
     def new_context(self) -> StreamContext:

@@ -123,6 +123,8 @@ class Plan:
     outputs: tuple[OutputSpec, ...]
     node_kind: Mapping[str, str]        # node -> "kernel" | "alias" | "host" | "const"
     reasons: Mapping[str, str]          # node -> why it is not supported (empty when compiling)
+    value_bufs: Mapping[str, int] = field(default_factory=dict)  # runtime value -> its buffer
+    half_nodes: frozenset[str] = frozenset()  # f16 mode: nodes computing on half storage
 
     @property
     def programs(self) -> frozenset[ProgramKey]:
@@ -178,17 +180,21 @@ def _load_ops() -> None:
 # ---- the per-graph state ----------------------------------------------------------------------
 
 class PlanState:
-    def __init__(self, graph: Graph, caps: DeviceCaps):
+    def __init__(self, graph: Graph, caps: DeviceCaps, wide: frozenset[str] = frozenset()):
         self.graph = graph
         self.caps = caps
+        self.wide = wide  # f16 mode: values whose range needs float storage (see precision.py)
         self.host: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in graph.initializers.items()}
         self.value_buf: dict[str, int] = {}
+        self.const_buf: dict[tuple[str, str], int] = {}   # (host value, device dtype) -> upload
+        self.converted: dict[tuple[str, str], int] = {}   # (value, device dtype) -> converted copy
         self.bufs: dict[int, BufInfo] = {}
         self.uploads: dict[int, np.ndarray] = {}
         self.launches: list[Launch] = []
         self.node_kind: dict[str, str] = {}
         self.reasons: dict[str, str] = {}
         self.external: set[str] = set()  # values treated as subgraph inputs (after a rejected node)
+        self.half_nodes: set[str] = set()
         self._next = 0
 
     # ---- values ----
@@ -206,9 +212,11 @@ class PlanState:
             raise Unsupported(f"dynamic shape {ti.describe()} of {value!r} not supported")
         return tuple(ti.shape), np.dtype(ti.dtype)
 
-    def dev_dtype(self, dtype: np.dtype) -> np.dtype:
+    def dev_dtype(self, dtype: np.dtype, half: bool | None = None) -> np.dtype:
+        """Device storage of a model dtype: float32 -> half in f16 mode (``half``: this node's
+        precision, default the compile's), bool -> uchar."""
         dtype = np.dtype(dtype)
-        if dtype == np.float32 and self.caps.half_mode:
+        if dtype == np.float32 and (self.caps.half_mode if half is None else half):
             return np.dtype(np.float16)
         if dtype == np.bool_:
             return np.dtype(np.uint8)
@@ -226,22 +234,38 @@ class PlanState:
         self.uploads[bid] = a
         return bid
 
-    def buf_of(self, value: str) -> int:
-        """The buffer holding ``value`` (uploading a host constant on first use)."""
-        bid = self.value_buf.get(value)
-        if bid is not None:
-            return bid
-        if value in self.host:
+    def buf_of(self, value: str, want: np.dtype | None = None, node: Node | None = None) -> int:
+        """The buffer holding ``value`` as device dtype ``want`` (default: its storage): host constants
+        are uploaded on first use (once per dtype); a runtime value stored in another float precision
+        gets one converted copy, made by a launch attributed to ``node`` (mixed precision)."""
+        if value in self.host and value not in self.value_buf:
             a = self.host[value]
-            dt = self.dev_dtype(a.dtype)
-            bid = self.upload(a.astype(dt, copy=False), value)
+            dt = np.dtype(want) if want is not None else self.dev_dtype(a.dtype)
+            key = (value, dt.str)
+            if key not in self.const_buf:
+                with np.errstate(over="ignore"):  # out-of-range constants are 'wide' (precision.py)
+                    self.const_buf[key] = self.upload(a.astype(dt, copy=False), value)
+            return self.const_buf[key]
+        bid = self.value_buf.get(value)
+        if bid is None:  # a subgraph input
+            shape, dtype = self.info(value)
+            dt = self.dev_dtype(dtype, half=self.caps.half_mode and value not in self.wide)
+            bid = self.new_buf(_nbytes(shape, dt), "input", value, dt)
             self.value_buf[value] = bid
+        have = self.bufs[bid].dtype
+        if want is None or np.dtype(want) == have:
             return bid
-        shape, dtype = self.info(value)
-        dt = self.dev_dtype(dtype)
-        bid = self.new_buf(_nbytes(shape, dt), "input", value, dt)
-        self.value_buf[value] = bid
-        return bid
+        key = (value, np.dtype(want).str)
+        if key not in self.converted:
+            from .ops.elementwise import ew_launch
+
+            shape, _ = self.info(value)
+            out = self.new_buf(_nbytes(shape, want), "value", f"{value}:{np.dtype(want).name}", want)
+            nb = NodeBuilder(self, node)
+            ew_launch(nb, "x", [(bid, shape, have)], (out, shape, np.dtype(want)), "float")
+            self.launches.extend(nb._launches)
+            self.converted[key] = out
+        return self.converted[key]
 
 
 def _nbytes(shape, dtype) -> int:
@@ -261,6 +285,9 @@ class NodeBuilder:
         self._new_bufs: list[int] = []
         self._out_bufs: dict[int, int] = {}
         self.kind = "kernel"
+        # f16 mode: the node computes on half storage unless one of its values needs float range
+        vals = [v for v in list(node.inputs) + list(node.outputs) if v] if node is not None else []
+        self.half = st.caps.half_mode and not any(v in st.wide for v in vals)
 
     # ---- node facts ----
     @property
@@ -307,7 +334,7 @@ class NodeBuilder:
         return v
 
     def dev_dtype(self, dtype) -> np.dtype:
-        return self.st.dev_dtype(dtype)
+        return self.st.dev_dtype(dtype, half=self.half)
 
     def require_float(self, *inputs: int, outputs: tuple[int, ...] = (0,)) -> np.dtype:
         """All named inputs/outputs float32/float16 (one dtype); returns it."""
@@ -331,7 +358,8 @@ class NodeBuilder:
 
     # ---- buffers ----
     def buf(self, i: int) -> int:
-        return self.st.buf_of(self.node.inputs[i])
+        """Input i's buffer, in this node's storage precision."""
+        return self.st.buf_of(self.node.inputs[i], self.dev_dtype(self.dtype(i)), self.node)
 
     def out_buf(self, i: int = 0) -> int:
         if i in self._out_bufs:
@@ -344,10 +372,15 @@ class NodeBuilder:
         return bid
 
     def alias(self, out_i: int, in_i: int) -> None:
-        """Output ``out_i`` is input ``in_i``'s buffer, reinterpreted (Reshape & co: no copy)."""
+        """Output ``out_i`` is input ``in_i``'s buffer, reinterpreted (Reshape & co: no copy; the output
+        keeps the input's storage precision)."""
         if self.dev_dtype(self.out_dtype(out_i)).itemsize != self.dev_dtype(self.dtype(in_i)).itemsize:
             raise Unsupported(f"{self.op}: element size changes")
-        self._out_bufs[out_i] = self.buf(in_i)
+        name = self.node.inputs[in_i]
+        if name in self.st.host and name not in self.st.value_buf:
+            self._out_bufs[out_i] = self.buf(in_i)
+        else:
+            self._out_bufs[out_i] = self.st.buf_of(name, None, self.node)
 
     def scratch(self, nelems: int, dtype, name: str = "scratch") -> int:
         dt = np.dtype(dtype)
@@ -513,10 +546,12 @@ def _host_shape_op(node: Node, st: PlanState) -> list[np.ndarray] | None:
 
 # ---- the driver -------------------------------------------------------------------------------
 
-def build_plan(graph: Graph, caps: DeviceCaps, *, lenient: bool = False) -> Plan:
+def build_plan(graph: Graph, caps: DeviceCaps, *, lenient: bool = False,
+               wide: frozenset[str] = frozenset()) -> Plan:
     """Plan ``graph``. lenient (query): rejected nodes are recorded in ``reasons`` and their outputs
-    treated as subgraph inputs; otherwise the first rejection raises Unsupported."""
-    st = PlanState(graph, caps)
+    treated as subgraph inputs; otherwise the first rejection raises Unsupported. ``wide``: in f16
+    mode, the values kept in float storage (precision.py)."""
+    st = PlanState(graph, caps, wide)
     for node in graph.nodes:
         reason = _plan_node(st, node)
         if reason is None:
@@ -564,7 +599,8 @@ def build_plan(graph: Graph, caps: DeviceCaps, *, lenient: bool = False) -> Plan
         if n not in run_nodes:
             node_kind[n] = "const"
     return Plan(dict(st.bufs), tuple(st.launches), tuple(sorted(const_l)), run_l, dict(st.uploads),
-                tuple(inputs), tuple(outputs), node_kind, dict(st.reasons))
+                tuple(inputs), tuple(outputs), node_kind, dict(st.reasons), dict(st.value_buf),
+                frozenset(st.half_nodes))
 
 
 def _plan_node(st: PlanState, node: Node) -> str | None:
@@ -593,6 +629,8 @@ def _plan_node(st: PlanState, node: Node) -> str | None:
                     check_size(shape, repr(v), node.op_type)
         fn(nb)
         nb.commit()
+        if nb.half:
+            st.half_nodes.add(node.name)
     except Unsupported as e:
         nb.rollback()
         msg = str(e.args[0]) if e.args else "not supported"

@@ -37,7 +37,30 @@ typedef float VBU __attribute__((ext_vector_type(RN), aligned(4)));
 #define VLOADB(o, p) CAT(vload, RN)((o), (p))
 #endif
 
+#ifdef T_HALF
+#define VSTOREC(v, p) CAT(vstore_half, RN)((v), 0, (p))
+#elif defined(CPU_DEVICE)
+#define VSTOREC(v, p) (*(__global VBU*)(p) = (v))
+#else
+#define VSTOREC(v, p) CAT(vstore, RN)((v), 0, (p))
+#endif
+
 typedef union { VF v; float s[RN]; } VFU;
+
+// act_fn on a whole register of results (select keeps NaN where act_fn does)
+inline VF act_v(VF x, int act, float p0, float p1) {
+    const VF zero = (VF)(0.0f), one = (VF)(1.0f);
+    switch (act) {
+    case ACT_RELU: return select(x, zero, x < zero);
+    case ACT_CLIP: return select(select(x, (VF)(p0), x < (VF)(p0)), (VF)(p1), x > (VF)(p1));
+    case ACT_LEAKYRELU: return select(x, x * p0, x < zero);
+    case ACT_SIGMOID: return one / (one + exp(-x));
+    case ACT_HARDSWISH: return x * clamp(x * (1.0f / 6.0f) + 0.5f, 0.0f, 1.0f);
+    case ACT_HARDSIGMOID: return clamp(x * p0 + p1, 0.0f, 1.0f);
+    case ACT_TANH: return tanh(x);
+    default: return x;
+    }
+}
 
 #define GEMM_ARGS \
     __global const T* A, int a_off, int sam, int sak, int a_sb0, int a_sb1, \
@@ -85,6 +108,27 @@ __kernel void gemm_reg(GEMM_ARGS) {
             for (int j = 0; j < NV; ++j) acc[i][j] += a * bv[j];
         }
         pb += sbk;
+    }
+    if (m0 + RM <= M && n0 + RN * NV <= N && (bsn == 0 || bsn == 1)) {
+        // full tile: the epilogue works on whole vectors
+        const int cb = b0 * c_sb0 + b1 * c_sb1 + n0;
+        const int bb = bias_off + b0 * bias_sb0 + b1 * bias_sb1 + n0 * bsn;
+#pragma unroll
+        for (int i = 0; i < RM; ++i) {
+            const int m = m0 + i;
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                VF v = acc[i][j] * alpha;
+                if (flags & 1) {
+                    if (bsn == 0) v += beta * LD(bias, bb + m * bsm);
+                    else v += beta * VLOADB(j, bias + bb + m * bsm);
+                }
+                const int ci = cb + m * ldc + j * RN;
+                if (flags & 2) v += VLOADB(0, R + r_off + ci);
+                VSTOREC(act_v(v, act, p0, p1), C + c_off + ci);
+            }
+        }
+        return;
     }
 #pragma unroll
     for (int i = 0; i < RM; ++i) {

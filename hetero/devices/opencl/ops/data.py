@@ -214,6 +214,8 @@ def _space_depth(nb: NodeBuilder, to_space: bool) -> None:
     mode = nb.attr("mode", "DCR")
     if isinstance(mode, bytes):
         mode = mode.decode()
+    if mode not in ("DCR", "CRD"):
+        raise Unsupported(f"{nb.op}: mode {mode!r} not supported")
     if to_space:
         Co = C // (b * b)
         # output index (n, c, h, bi, w, bj) -> input channel: DCR (bi, bj, c), CRD (c, bi, bj)
@@ -225,9 +227,13 @@ def _space_depth(nb: NodeBuilder, to_space: bool) -> None:
             src = [C * cs, b * b * cs, W, b * cs, 1, cs]
     else:
         Ho, Wo = H // b, W // b
-        # output (n, bi, bj, c, h, w) <- input (n, c, h*b + bi, w*b + bj)
-        dims = [N, b, b, C, Ho, Wo]
-        src = [C * H * W, W, 1, H * W, b * W, b]
+        # output channel: DCR (bi, bj, c), CRD (c, bi, bj) <- input (n, c, h*b + bi, w*b + bj)
+        if mode == "DCR":
+            dims = [N, b, b, C, Ho, Wo]
+            src = [C * H * W, W, 1, H * W, b * W, b]
+        else:
+            dims = [N, C, b, b, Ho, Wo]
+            src = [C * H * W, H * W, W, 1, b * W, b]
     copy_launch(nb, nb.out_buf(0), 0, contiguous_strides(dims), nb.buf(0), 0, src, dims, size)
 
 

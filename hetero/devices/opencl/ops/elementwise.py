@@ -296,7 +296,7 @@ def plan_where(nb: NodeBuilder) -> None:
 _CASTABLE = set(FLOATS) | set(INT_CT) | {np.dtype(np.bool_)}
 
 
-@planner("Cast")
+@planner("Cast", "CastLike")
 def plan_cast(nb: NodeBuilder) -> None:
     src, dst = nb.dtype(0), nb.out_dtype(0)
     for d in (src, dst):

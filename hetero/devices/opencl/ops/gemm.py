@@ -27,6 +27,9 @@ _ACT_DEFAULTS = {"Clip": (-np.inf, np.inf), "LeakyRelu": (0.01, 0.0), "HardSigmo
 
 # register tile of gemm_reg: RM rows x (RN * NV) columns per work-item
 RM, RN, NV = 8, 16, 2
+# work-group of gemm_reg: LX x LY tiles (PoCL runs a work-group's items in one loop on one thread, so
+# several tiles per group amortise the per-group scheduling cost)
+LX, LY = 8, 1
 IM2COL_LIMIT = 64 * 1024 * 1024  # elements of im2col scratch before the batch is split
 
 
@@ -73,8 +76,10 @@ def gemm_launch(nb: NodeBuilder, dtype, A: Operand, B: Operand, C: Operand, M: i
         nb.launch("gemm.cl", "gemm_local", defines, gs, (16, 16, 1), args, reads, [C.buf])
     else:
         defines += [("RM", RM), ("RN", RN), ("NV", NV)]
-        gs = (ceil_div(M, RM), ceil_div(N, RN * NV), nb0 * nb1)
-        nb.launch("gemm.cl", "gemm_reg", defines, gs, (1, 1, 1), args, reads, [C.buf])
+        gx, gy = ceil_div(M, RM), ceil_div(N, RN * NV)
+        lx, ly = min(LX, gx), min(LY, gy)
+        gs = (ceil_div(gx, lx) * lx, ceil_div(gy, ly) * ly, nb0 * nb1)
+        nb.launch("gemm.cl", "gemm_reg", defines, gs, (lx, ly, 1), args, reads, [C.buf])
 
 
 def _bias2d(nb: NodeBuilder, i: int, M: int, N: int) -> Operand:
