@@ -279,7 +279,7 @@ def test_f16_keeps_float_storage_where_half_would_overflow():
 
     assert np.all(np.isfinite(y)) and f16_allclose(y, x - 1)
     # all-half storage would have overflowed: 2e6 is not a half
-    assert np.finfo(np.float16).max < 2e6
+    assert float(np.finfo(np.float16).max) < 2e6
 
 
 # ---- compile cache ----------------------------------------------------------------------------------
