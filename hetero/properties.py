@@ -82,12 +82,12 @@ def validate(key: str, value: Any, accepted: tuple[str, ...] | frozenset[str] | 
              where: str = "") -> Any:
     """Check a (key, value) pair; return the normalised value or raise PropertyError."""
     spec = SPECS.get(key)
+    if spec is not None and spec.read_only:  # say so, rather than "unknown" because no device accepts it
+        raise PropertyError(f"property {key!r} is read-only{' on ' + where if where else ''}")
     if spec is None or (accepted is not None and key not in accepted):
         scope = f" for {where}" if where else ""
         raise PropertyError(f"unknown property{scope}: "
                             + suggest(key, accepted if accepted is not None else SPECS))
-    if spec.read_only:
-        raise PropertyError(f"property {key!r} is read-only{' on ' + where if where else ''}")
     return _normalise(spec, value)
 
 

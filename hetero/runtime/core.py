@@ -184,10 +184,9 @@ def compile_single(core: Core, graph: Graph, parsed: ParsedDevice, config: dict[
     spec = parsed.items[0]
     dev = core._registry.get(spec, parsed.text)
     cfg = dev.config({k: v for k, v in config.items() if k in dev.settable})
-    unknown = [k for k in config if k not in dev.settable]
-    if unknown:
-        raise PropertyError(f"property {unknown[0]!r} is not accepted by {dev.name}; it accepts "
-                            f"{sorted(dev.settable)}")
+    for k in config:
+        if k not in dev.settable:
+            P.validate(k, config[k], dev.settable, where=dev.name)  # read-only / unknown, with a suggestion
     optimized = prepare_graph(graph)
     exe = dev.compile(optimized, cfg)
     streams = dev.optimal_streams(cfg)

@@ -91,6 +91,7 @@ class InferRequest:
         self._userdata: Any = None
         self._profile: list = []
         self._latency_ms = 0.0
+        self._last_failure: str | None = None
         self.request_id = compiled._next_request_id()
         self.userdata: Any = None
         #: device name that served the last inference (set by MULTI/AUTO; the device otherwise)
@@ -130,6 +131,9 @@ class InferRequest:
                 raise InferError(f"input {port.any_name!r} has not been set")
             return self._inputs[port.any_name]
         if port.any_name not in self._outputs:
+            if self._last_failure:
+                raise InferError(f"output {port.any_name!r} is not available: the last inference failed "
+                                 f"({self._last_failure})")
             raise InferError(f"output {port.any_name!r} is not available: run the request first")
         return self._outputs[port.any_name]
 
@@ -208,12 +212,16 @@ class InferRequest:
             self._outputs = outputs
             self.served_by = served
             self._profile = prof or []
+            self._last_failure = None
         except HeteroError as e:
             self._error = e
         except Exception as e:  # a device crashed in an unexpected way: wrap, name the device
             self._error = InferError(f"inference failed on {self._compiled._device_name}: "
                                      f"{type(e).__name__}: {e}")
             self._error.__cause__ = e
+        if self._error is not None:  # never leave the previous run's outputs readable as this run's
+            self._outputs = {}
+            self._last_failure = f"{type(self._error).__name__}: {self._error}"
         self._latency_ms = (time.perf_counter() - t0) * 1e3
 
     def _async_body(self, context) -> None:
