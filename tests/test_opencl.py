@@ -228,6 +228,33 @@ def test_bad_input_shape_is_an_infer_error():
         exe.run({"x": np.zeros((3, 2), np.float32)})
 
 
+GPU_STYLE_CASES = ["Conv_3x3_pad", "Conv_groups", "Conv_depthwise", "Conv_1x1", "Gemm_transB_bias", "MatMul_broadcast",
+                   "MatMul_2d_odd", "FusedConv_fulltile_residual_clip", "FusedGemm_fulltile_fullbias", "Add_broadcast",
+                   "Where", "BatchNormalization", "LRN", "MaxPool_3x3_s2_p1", "Softmax_axis1", "ReduceMax_02",
+                   "Transpose", "Pad_reflect", "Resize_cubic", "LayerNormalization"]
+
+
+@needs_gpu
+@pytest.mark.parametrize("case_id", GPU_STYLE_CASES)
+def test_gpu_shaped_kernels(case_id, monkeypatch):
+    """The kernel shapes chosen for real GPUs (local-memory GEMM tiles, grid-stride loops, vloadN),
+    run here on whatever OpenCL device there is."""
+    from op_cases import CASES, compare, device_model, make_values, reference
+
+    monkeypatch.setenv("HETERO_OCL_STYLE", "gpu")
+    case = next(c for c in CASES if c.id == case_id)
+    vals = make_values(case)
+    expected = reference(case, vals)
+    model, feeds = device_model(case, vals, expected)
+    compiled = CORE.compile_model(model, "GPU")
+    launches = compiled._runner.plan.launches
+    assert not any(("CPU_DEVICE", None) in l.program.defines for l in launches)
+    if "Gemm" in case_id or "MatMul" in case_id or "Conv_3x3" in case_id:
+        assert any(l.kernel == "gemm_local" for l in launches)
+    got = compiled(feeds)
+    compare(case, [got[i] for i in range(len(expected))], expected)
+
+
 # ---- precision --------------------------------------------------------------------------------------
 
 F16_CASES = ["Conv_3x3_pad", "Conv_groups", "Conv_depthwise", "Gemm_transB_bias", "MatMul_batch_fold", "Add_broadcast",

@@ -107,7 +107,10 @@ class OpenCLDevice(Device):
     def caps(self, config: Mapping[str, Any] | None = None) -> DeviceCaps:
         cfg = config or {}
         d = self.cl_device
-        is_cpu = self.kind == "cpu-opencl"
+        # HETERO_OCL_STYLE=gpu|cpu overrides the kernel shapes (tests run the GPU-shaped kernels on
+        # PoCL this way); HETERO_OCL_GEMM=reg|local picks the GEMM kernel
+        style = os.environ.get("HETERO_OCL_STYLE", "")
+        is_cpu = style == "cpu" or (style != "gpu" and self.kind == "cpu-opencl")
         gemm = os.environ.get("HETERO_OCL_GEMM", "") or ("reg" if is_cpu else "local")
         return DeviceCaps(is_cpu=is_cpu, fp16=self.has_fp16,
                           half_mode=str(cfg.get("INFERENCE_PRECISION_HINT", "f32")).lower() == "f16",
