@@ -1,0 +1,22 @@
+"""Shared test fixtures (keep this file small)."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolate_device_settings():
+    """Device settings are process-wide (every Core shares one registry of device instances), so a
+    test that sets a property, or breaks a MOCK device, must not leak that into the next test: each
+    device's settings are put back afterwards and MOCK devices are reset (counters and failures too)."""
+    from hetero.devices.registry import registry
+
+    reg = registry()
+    before = {id(d): dict(d._config) for devices in list(reg._devices.values()) for d in devices}
+    yield
+    for devices in list(reg._devices.values()):
+        for d in devices:
+            if d.family == "MOCK":
+                d.reset()
+            elif id(d) in before:
+                d._config = before[id(d)]
