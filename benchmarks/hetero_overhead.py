@@ -49,15 +49,19 @@ def feeds_for(g):
 
 
 def interleaved(fns, iters, warmup=2, cpu=False):
-    """Median seconds of each fn, run in rotation (wall time; with ``cpu`` also process CPU time,
-    which a loaded machine disturbs far less)."""
+    """Median seconds of each fn, run in rotation (wall time; with ``cpu`` also process CPU time and
+    the minimum). The rotation starts one later each round: whatever runs second after another model
+    is measurably slower here (caches, frequency), so every fn takes every position equally often."""
     for f in fns:
         for _ in range(warmup):
             f()
     wall = [[] for _ in fns]
     proc = [[] for _ in fns]
-    for _ in range(iters):
-        for i, f in enumerate(fns):
+    k = len(fns)
+    for it in range(-(-iters // k) * k):  # a multiple of k rounds
+        for j in range(k):
+            i = (it + j) % k
+            f = fns[i]
             c0 = time.process_time()
             t0 = time.perf_counter()
             f()

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import properties as P
 from .. import trace
-from ..affinity import UNSUPPORTED, Assignment, Costs, DeviceProfile, assign, estimate_costs, parse_rules
+from ..affinity import Assignment, Costs, DeviceProfile, assign, estimate_costs, parse_rules
 from ..affinity.assign import fused_originals
 from ..affinity.rules import Rule
 from ..devices.base import Device, ProfileRecord
@@ -168,8 +168,8 @@ def _calib_graph(name: str, nodes: list, shapes: dict, inits: dict | None = None
                  tuple(info[v] for v in outputs), dict(inits or {}), info, {"": 17})
 
 
-def _time_graph(dev: Device, graph: Graph, cfg: Mapping[str, Any], reps: int = 3) -> float | None:
-    """Median seconds of one run of ``graph`` on ``dev`` (None if the device cannot run it)."""
+def _time_graph(dev: Device, graph: Graph, cfg: Mapping[str, Any], reps: int = 5) -> float | None:
+    """Fastest of ``reps`` runs of ``graph`` on ``dev``, seconds (None if the device cannot run it)."""
     try:
         if any(v is not True for v in dev.query(graph).values()):
             return None
@@ -182,7 +182,7 @@ def _time_graph(dev: Device, graph: Graph, cfg: Mapping[str, Any], reps: int = 3
             t0 = time.perf_counter()
             exe.run(feeds, ctx)
             times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2]
+        return min(times)
     except HeteroError:
         return None
 
@@ -293,13 +293,13 @@ def _time_node(dev: Device, cfg: Mapping[str, Any], graph: Graph, node, prof: De
                         else np.zeros(i.shape, i.dtype))
         exe.run(feeds, ctx)
         times = []
-        for _ in range(3):
+        for _ in range(5):
             t0 = time.perf_counter()
             exe.run(feeds, ctx)
             times.append(time.perf_counter() - t0)
     except Exception:
         return None
-    t = sorted(times)[1] - prof.subgraph_overhead_s
+    t = min(times) - prof.subgraph_overhead_s  # the least disturbed run: other load only adds time
     if not prof.host_memory:
         for v in ins + [o for o in node.outputs if o]:
             t -= prof.link_latency_s + (graph.info(v).nbytes or 0) / prof.link_bytes_per_s
