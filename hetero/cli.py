@@ -255,8 +255,12 @@ def _progress(total: float | None, unit: str, enabled: bool):
         try:
             from tqdm import tqdm
 
-            return tqdm(total=total, unit=unit, dynamic_ncols=True, leave=False,
-                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}]")
+            kw = dict(total=total, unit=unit, dynamic_ncols=True, leave=False,
+                      bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}]")
+            try:  # delay: short runs never draw a bar; long ones show it after a second
+                return tqdm(delay=1.0, **kw)
+            except TypeError:  # a tqdm without `delay`
+                return tqdm(**kw)
         except ImportError:
             pass
 
@@ -281,31 +285,35 @@ def _latency_stats(lat_ms: Sequence[float]) -> dict[str, float]:
 
 
 def _perf_counters(requests) -> list[dict[str, Any]]:
-    """Per-layer counters averaged over the requests' last inferences, slowest first."""
-    acc: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
-    n_req = 0
+    """Per-layer counters averaged over the requests' last inferences, slowest first. When the
+    requests were served by different devices (MULTI, AUTO after a hot swap), each device's layers are
+    kept apart, named "GPU.0: conv1"."""
+    runs = []
     for r in requests:
         try:
             infos = r.get_profiling_info()
         except HeteroError:
             continue
-        if not infos:
-            continue
-        n_req += 1
+        if infos:
+            runs.append((r.served_by, infos))
+    split = len({dev for dev, _ in runs}) > 1
+    acc: dict[str, dict[str, Any]] = {}
+    count: dict[str, int] = {}
+    for dev, infos in runs:
         for p in infos:
-            row = acc.get(p.node_name)
+            name = f"{dev}: {p.node_name}" if split else p.node_name
+            row = acc.get(name)
             if row is None:
-                row = acc[p.node_name] = {"node_name": p.node_name, "node_type": p.node_type,
-                                          "exec_type": p.exec_type, "status": p.status, "real_time_ms": 0.0,
-                                          "cpu_time_ms": 0.0, "bytes": int(getattr(p, "nbytes", 0) or 0)}
-                order.append(p.node_name)
+                row = acc[name] = {"node_name": name, "node_type": p.node_type, "exec_type": p.exec_type,
+                                   "status": p.status, "real_time_ms": 0.0, "cpu_time_ms": 0.0,
+                                   "bytes": int(getattr(p, "nbytes", 0) or 0)}
+            count[name] = count.get(name, 0) + 1
             row["real_time_ms"] += p.real_time.total_seconds() * 1e3
             row["cpu_time_ms"] += p.cpu_time.total_seconds() * 1e3
-    rows = [acc[k] for k in order]
+    rows = list(acc.values())
     for row in rows:
-        row["real_time_ms"] /= max(n_req, 1)
-        row["cpu_time_ms"] /= max(n_req, 1)
+        row["real_time_ms"] /= count[row["node_name"]]
+        row["cpu_time_ms"] /= count[row["node_name"]]
     # subgraph totals are summaries, not layers: keep them out of the per-layer ranking
     rows.sort(key=lambda r: (r["node_type"] == "Subgraph", -r["real_time_ms"]))
     return rows
