@@ -151,6 +151,11 @@ def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype):
     if w.shape[1] != Cg:
         raise ValueError(f"weight shape {w.shape} does not match input channels {C} / group {g}")
     out_sp = tuple(int(o) for o in out_sp)
+    if any(p < 0 for p in pb) or any(p < 0 for p in pe):  # negative pads crop the input
+        x = x[(slice(None), slice(None)) + tuple(slice(max(0, -pb[i]), x.shape[2 + i] - max(0, -pe[i]))
+                                                 for i in range(nsp))]
+        pb = [max(0, p) for p in pb]
+        pe = [max(0, p) for p in pe]
     y = np.empty((N, M) + out_sp, dtype)
     P = math.prod(out_sp)
     K = math.prod(k)
@@ -219,6 +224,8 @@ def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k):
         max_off = sum((k[i] - 1) * dilations[i] * pitch[i] for i in range(nsp))
         slack = max(0, max_off + Lw - plane)
         xp = pad_input(x, pb, pe, slack=slack)
+        if not xp.flags.c_contiguous:  # (no padding and no slack needed: x itself, maybe a view)
+            xp = np.ascontiguousarray(xp)
         it = xp.itemsize
         view = as_strided(xp, (N, C) + tuple(k) + (Lw,),
                           xp.strides[:2] + tuple(dilations[i] * pitch[i] * it for i in range(nsp)) + (it,),
