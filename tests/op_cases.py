@@ -146,6 +146,7 @@ CASES: list[OpCase] = [
     _case("MatMul_batch_fold", "MatMul", [Inp((2, 3, 5, 7)), Inp((7, 4), const=True)]),
     _case("MatMul_broadcast", "MatMul", [Inp((2, 1, 5, 7)), Inp((3, 7, 4))]),
     _case("MatMul_4batch", "MatMul", [Inp((2, 3, 2, 5, 7)), Inp((2, 3, 2, 7, 4))]),
+    _case("MatMul_wide_runtime_B", "MatMul", [Inp((20, 40)), Inp((40, 600))]),
     _case("MatMul_vec_mat", "MatMul", [Inp((7,)), Inp((7, 4))]),
     _case("MatMul_mat_vec", "MatMul", [Inp((3, 7)), Inp((7,))]),
     # ---- Conv ----
@@ -153,6 +154,7 @@ CASES: list[OpCase] = [
           {"pads": [1, 1, 1, 1]}),
     _case("Conv_stride2_nobias", "Conv", [Inp((2, 4, 9, 9)), Inp((6, 4, 3, 3), const=True)], {"strides": [2, 2]}),
     _case("Conv_1x1", "Conv", [Inp((2, 8, 5, 7)), Inp((5, 8, 1, 1), const=True), Inp((5,), const=True)]),
+    _case("Conv_1x1_wide", "Conv", [Inp((2, 8, 24, 25)), Inp((16, 8, 1, 1), const=True), Inp((16,), const=True)]),
     _case("Conv_groups", "Conv", [Inp((1, 4, 6, 6)), Inp((6, 2, 3, 3), const=True), Inp((6,), const=True)],
           {"group": 2, "pads": [1, 1, 1, 1]}),
     _case("Conv_depthwise", "Conv", [Inp((2, 4, 7, 7)), Inp((4, 1, 3, 3), const=True), Inp((4,), const=True)],

@@ -7,9 +7,10 @@
 //          one work-item per (oy, output channel, n), looping over ox; bias, residual and activation
 //          are applied in the same pass (flags: 1 = bias, 2 = residual).
 
+// PW_ > 0: write Col packed in panels of PW_ columns for gemm_reg (see gemm.cl), zero-padded.
 __kernel void im2col(__global const T* X, int x_off, __global T* Col, int col_off,
                      int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
-                     int OH, int OW) {
+                     int OH, int OW, int PW_) {
     const int oy = (int)get_global_id(0);
     const int row = (int)get_global_id(1);
     const int n = (int)get_global_id(2);
@@ -18,12 +19,31 @@ __kernel void im2col(__global const T* X, int x_off, __global T* Col, int col_of
     const int c = row / (KW * KH);
     const int iy = oy * SH - PH + kh * DH;
     const int xb = x_off + (n * C + c) * H * W + iy * W;
-    const int ob = col_off + (n * C * KH * KW + row) * OH * OW + oy * OW;
     const bool rowok = iy >= 0 && iy < H;
+    const int rows = C * KH * KW;
+    if (PW_ == 0) {
+        const int ob = col_off + (n * rows + row) * OH * OW + oy * OW;
+        for (int ox = 0; ox < OW; ++ox) {
+            const int ix = ox * SW - PW + kw * DW;
+            const float v = (rowok && ix >= 0 && ix < W) ? LD(X, xb + ix) : 0.0f;
+            ST(Col, ob + ox, v);
+        }
+        return;
+    }
+    const int npanels = (OH * OW + PW_ - 1) / PW_;
+    const int nb = col_off + n * npanels * rows * PW_;
     for (int ox = 0; ox < OW; ++ox) {
         const int ix = ox * SW - PW + kw * DW;
         const float v = (rowok && ix >= 0 && ix < W) ? LD(X, xb + ix) : 0.0f;
-        ST(Col, ob + ox, v);
+        const int col = oy * OW + ox;
+        const int panel = col / PW_;
+        ST(Col, nb + (panel * rows + row) * PW_ + (col - panel * PW_), v);
+    }
+    if (oy == OH - 1) {  // zero the padding columns of the last panel
+        for (int col = OH * OW; col < npanels * PW_; ++col) {
+            const int panel = col / PW_;
+            ST(Col, nb + (panel * rows + row) * PW_ + (col - panel * PW_), 0.0f);
+        }
     }
 }
 

@@ -1,7 +1,10 @@
 // gemm.cl: C = act(alpha * A.B + beta * bias + residual), batched over two batch dimensions.
 //
 // A is any strided matrix (row stride sam, column stride sak: transA is free); B must have unit
-// column stride (its row stride is sbk); C is row-major with leading dimension ldc. The batch index
+// column stride (its row stride is sbk); C is row-major with leading dimension ldc. gemm_reg also reads
+// B *packed* in panels of RN*NV columns (b_ps = panel stride, sbk = RN*NV): a panel is contiguous, so a
+// work-item walks one stream instead of touching a new page per k for wide B (pack_b / im2col write it);
+// plain B is b_ps = RN*NV. The batch index
 // z = get_global_id(2) splits into (z / nb1, z % nb1), each with its own stride per operand, which
 // covers MatMul broadcasting, Conv batches and Conv groups. bias is read at
 // bias[bias_off + b0*bias_sb0 + b1*bias_sb1 + m*bsm + n*bsn] (bsm/bsn 0 broadcast), the residual uses
@@ -64,7 +67,7 @@ inline VF act_v(VF x, int act, float p0, float p1) {
 
 #define GEMM_ARGS \
     __global const T* A, int a_off, int sam, int sak, int a_sb0, int a_sb1, \
-    __global const T* B, int b_off, int sbk, int b_sb0, int b_sb1, \
+    __global const T* B, int b_off, int sbk, int b_ps, int b_sb0, int b_sb1, \
     __global T* C, int c_off, int ldc, int c_sb0, int c_sb1, \
     __global const T* bias, int bias_off, int bsm, int bsn, int bias_sb0, int bias_sb1, \
     __global const T* R, int r_off, \
@@ -91,7 +94,8 @@ __kernel void gemm_reg(GEMM_ARGS) {
     const int abase = a_off + b0 * a_sb0 + b1 * a_sb1;
 #pragma unroll
     for (int i = 0; i < RM; ++i) arow[i] = abase + min(m0 + i, M - 1) * sam;  // clamp: rows >= M are not stored
-    __global const T* pb = B + b_off + b0 * b_sb0 + b1 * b_sb1 + n0;  // may read past N: buffers have slack
+    // may read past N: buffers have slack (and packed panels are padded)
+    __global const T* pb = B + b_off + b0 * b_sb0 + b1 * b_sb1 + (int)get_global_id(1) * b_ps;
     VF acc[RM][NV];
 #pragma unroll
     for (int i = 0; i < RM; ++i)
@@ -147,6 +151,17 @@ __kernel void gemm_reg(GEMM_ARGS) {
             }
         }
     }
+}
+
+// Packs B (K x N, row stride sbk, batch stride b_sb) into panels of W columns: P[z][panel][k][0..W),
+// zero beyond N. One work-item per (panel, k, z).
+__kernel void pack_b(__global const T* B, int b_off, int sbk, int b_sb, __global T* P, int p_off, int N, int K, int W) {
+    const int panel = (int)get_global_id(0), k = (int)get_global_id(1), z = (int)get_global_id(2);
+    const int npanels = (int)get_global_size(0);
+    const int src = b_off + z * b_sb + k * sbk + panel * W;
+    const int dst = p_off + ((z * npanels + panel) * K + k) * W;
+    const int valid = min(W, N - panel * W);
+    for (int j = 0; j < W; ++j) ST(P, dst + j, j < valid ? LD(B, src + j) : 0.0f);
 }
 
 #define LT 16  // work-group side

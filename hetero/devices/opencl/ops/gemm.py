@@ -48,10 +48,39 @@ def activation_of(nb: NodeBuilder) -> tuple[int, float, float]:
 
 
 class Operand:
-    """A strided matrix view: buf, element offset, row stride, column stride, 2 batch strides."""
+    """A strided matrix view: buf, element offset, row stride, column stride, 2 batch strides; ``ps``
+    is the panel stride of a B packed in panels of RN*NV columns (None: not packed)."""
 
-    def __init__(self, buf: int, off: int = 0, rs: int = 0, cs: int = 1, sb0: int = 0, sb1: int = 0):
-        self.buf, self.off, self.rs, self.cs, self.sb0, self.sb1 = buf, off, rs, cs, sb0, sb1
+    def __init__(self, buf: int, off: int = 0, rs: int = 0, cs: int = 1, sb0: int = 0, sb1: int = 0,
+                 ps: int | None = None):
+        self.buf, self.off, self.rs, self.cs, self.sb0, self.sb1, self.ps = buf, off, rs, cs, sb0, sb1, ps
+
+
+PACK_MIN_N = 512  # pack a runtime B wider than this (rows further apart than 2 KiB: a page per k)
+
+
+def packs(nb: NodeBuilder) -> bool:
+    return not (nb.caps.gemm_kernel == "local" and nb.caps.max_work_group >= 256)
+
+
+def pack_host_b(nb: NodeBuilder, b: np.ndarray, K: int, N: int) -> Operand:
+    """A constant [K, N] B packed on the host into panels of RN*NV columns, uploaded once."""
+    W = RN * NV
+    npan = ceil_div(N, W)
+    p = np.zeros((npan * W, K), dtype=nb.dev_dtype(b.dtype))
+    p[:N] = b.reshape(K, N).T
+    packed = np.ascontiguousarray(p.reshape(npan, W, K).transpose(0, 2, 1))
+    return Operand(nb.upload(packed, "B packed"), 0, W, 1, ps=K * W)
+
+
+def pack_device_b(nb: NodeBuilder, dtype, B: Operand, K: int, N: int, nbatch: int = 1, batch_stride: int = 0) -> Operand:
+    """A runtime B (unit column stride) packed by a launch into scratch (per batch item)."""
+    W = RN * NV
+    npan = ceil_div(N, W)
+    dst = nb.scratch(nbatch * npan * K * W, nb.dev_dtype(dtype), "B packed")
+    nb.launch("gemm.cl", "pack_b", nb.float_defines(dtype), (npan, K, nbatch), None,
+              [BufRef(B.buf), B.off, B.rs, batch_stride, BufRef(dst), 0, N, K, W], [B.buf], [dst])
+    return Operand(dst, 0, W, 1, npan * K * W, 0, ps=K * W)
 
 
 def gemm_launch(nb: NodeBuilder, dtype, A: Operand, B: Operand, C: Operand, M: int, N: int, K: int,
@@ -59,11 +88,13 @@ def gemm_launch(nb: NodeBuilder, dtype, A: Operand, B: Operand, C: Operand, M: i
                 residual: Operand | None = None, alpha: float = 1.0, act: tuple = (0, 0.0, 0.0)) -> None:
     """C[b0,b1] = act(alpha * A.B + beta * bias + residual) (B.cs must be 1)."""
     assert B.cs == 1
+    local = nb.caps.gemm_kernel == "local" and nb.caps.max_work_group >= 256
+    assert not (local and B.ps is not None), "packed B is for gemm_reg"
     flags = (1 if bias is not None else 0) | (2 if residual is not None else 0)
     bz = bias or Operand(C.buf)
     rz = residual or Operand(C.buf)
     args = [BufRef(A.buf), A.off, A.rs, A.cs, A.sb0, A.sb1,
-            BufRef(B.buf), B.off, B.rs, B.sb0, B.sb1,
+            BufRef(B.buf), B.off, B.rs, RN * NV if B.ps is None else B.ps, B.sb0, B.sb1,
             BufRef(C.buf), C.off, C.rs, C.sb0, C.sb1,
             BufRef(bz.buf), bz.off, bz.rs, bz.cs, bz.sb0, bz.sb1,
             BufRef(rz.buf), rz.off,
@@ -71,7 +102,7 @@ def gemm_launch(nb: NodeBuilder, dtype, A: Operand, B: Operand, C: Operand, M: i
     reads = [A.buf, B.buf] + ([bias.buf] if bias is not None else []) + ([residual.buf] if residual is not None else [])
     defines = nb.float_defines(dtype)
     caps = nb.caps
-    if caps.gemm_kernel == "local" and caps.max_work_group >= 256:
+    if local:
         gs = (ceil_div(N, 64) * 16, ceil_div(M, 64) * 16, nb0 * nb1)
         nb.launch("gemm.cl", "gemm_local", defines, gs, (16, 16, 1), args, reads, [C.buf])
     else:
@@ -93,18 +124,27 @@ def _bias2d(nb: NodeBuilder, i: int, M: int, N: int) -> Operand:
     return Operand(nb.buf(i), 0, 0 if s2[0] == 1 else s2[1], 0 if s2[1] == 1 else 1)
 
 
-def _b_rowmajor(nb: NodeBuilder, i: int, transposed: bool, K: int, N: int, dtype) -> Operand:
-    """Operand for B as a row-major [K, N] matrix (transposing B [N, K] once when needed)."""
-    if not transposed:
-        return Operand(nb.buf(i), 0, N, 1)
+def _b_rowmajor(nb: NodeBuilder, i: int, transposed: bool, K: int, N: int, dtype, M: int = 0) -> Operand:
+    """Operand for B as a row-major [K, N] matrix (transposing B [N, K] once when needed); packed in
+    panels for gemm_reg when B is a constant, or wide and reused by enough rows."""
     host = nb.host(i)
+    if host is not None and packs(nb):
+        return pack_host_b(nb, host.reshape(N, K).T if transposed else host, K, N)
+    if not transposed:
+        B = Operand(nb.buf(i), 0, N, 1)
+        if packs(nb) and N > PACK_MIN_N and M > RM:
+            return pack_device_b(nb, dtype, B, K, N)
+        return B
     if host is not None:
         bt = np.ascontiguousarray(host.reshape(N, K).T).astype(nb.dev_dtype(host.dtype))
         return Operand(nb.upload(bt, "B^T"), 0, N, 1)
     dt = nb.dev_dtype(dtype)
     tmp = nb.scratch(K * N, dt, "B^T")
     copy_launch(nb, tmp, 0, [N, 1], nb.buf(i), 0, [1, K], [K, N], dt.itemsize)
-    return Operand(tmp, 0, N, 1)
+    B = Operand(tmp, 0, N, 1)
+    if packs(nb) and N > PACK_MIN_N and M > RM:
+        return pack_device_b(nb, dtype, B, K, N)
+    return B
 
 
 # ---- Gemm -------------------------------------------------------------------------------------
@@ -120,7 +160,7 @@ def _plan_gemm(nb: NodeBuilder, act) -> None:
     if K != K2:
         raise Unsupported(f"{nb.op}: inner dimensions differ ({K} vs {K2})")
     A = Operand(nb.buf(0), 0, 1, M) if ta else Operand(nb.buf(0), 0, K, 1)
-    B = _b_rowmajor(nb, 1, bool(tb), K, N, dt)
+    B = _b_rowmajor(nb, 1, bool(tb), K, N, dt, M)
     bias = _bias2d(nb, 2, M, N) if nb.has_input(2) else None
     alpha, beta = float(nb.attr("alpha", 1.0)), float(nb.attr("beta", 1.0))
     C = Operand(nb.out_buf(0), 0, N, 1)
@@ -166,8 +206,8 @@ def _plan_matmul(nb: NodeBuilder, act) -> None:
     if all(d == 1 for d in bb):
         Mt = nbatch * M if all(x == y for x, y in zip(ba, bo)) else None
         if Mt is not None:
-            gemm_launch(nb, dt, Operand(abuf, 0, K, 1), Operand(bbuf, 0, N, 1), Operand(cbuf, 0, N, 1),
-                        Mt, N, K, act=act)
+            B = _b_rowmajor(nb, 1, False, K, N, dt, Mt) if len(sb) >= 2 else Operand(bbuf, 0, N, 1)
+            gemm_launch(nb, dt, Operand(abuf, 0, K, 1), B, Operand(cbuf, 0, N, 1), Mt, N, K, act=act)
             return
     # 2. batch strides per operand over the broadcast batch axes, merged where contiguous
     def strides(shape, per):
@@ -299,21 +339,31 @@ def _plan_conv(nb: NodeBuilder, act, residual_input: int | None) -> None:
     bias = Operand(bbuf, 0, 1, 0, 0, Mg) if has_bias else None
     # 2. pointwise: GEMM straight on X
     if KH == KW == 1 and SH == SW == 1 and PH == PW == 0 and pe == [0] * len(pe) and G == 1:
-        gemm_launch(nb, dt, Operand(wbuf, 0, C, 1), Operand(xbuf, 0, HW, 1, C * HW, 0),
+        B = Operand(xbuf, 0, HW, 1, C * HW, 0)
+        if packs(nb) and HW > PACK_MIN_N and M > RM:
+            B = pack_device_b(nb, dt, B, C, HW, Nb, C * HW)
+        gemm_launch(nb, dt, Operand(wbuf, 0, C, 1), B,
                     Operand(ybuf, 0, OHW, 1, M * OHW, 0), M, OHW, C, Nb, 1, bias=bias,
                     residual=Operand(res) if res is not None else None, act=act)
         return
     # 3. im2col + GEMM over (image, group); split the batch when the scratch would be too large
-    per_image = C * KH * KW * OHW
+    rows = C * KH * KW
+    Wp = RN * NV if packs(nb) else 0  # gemm_reg reads im2col packed in panels
+    cols = ceil_div(OHW, Wp) * Wp if Wp else OHW
+    per_image = rows * cols
     step = max(1, min(Nb, IM2COL_LIMIT // max(per_image, 1)))
     col = nb.scratch(step * per_image, nb.dev_dtype(dt), "im2col")
+    if Wp:
+        Bop = Operand(col, 0, Wp, 1, per_image, Kg * Wp, ps=rows * Wp)
+    else:
+        Bop = Operand(col, 0, OHW, 1, per_image, Kg * OHW)
     for n0 in range(0, Nb, step):
         cnt = min(step, Nb - n0)
-        nb.launch("conv.cl", "im2col", nb.float_defines(dt), (OH, C * KH * KW, cnt), None,
-                  [BufRef(xbuf), n0 * C * HW, BufRef(col), 0, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW],
+        nb.launch("conv.cl", "im2col", nb.float_defines(dt), (OH, rows, cnt), None,
+                  [BufRef(xbuf), n0 * C * HW, BufRef(col), 0, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, Wp],
                   [xbuf], [col])
         yoff = n0 * M * OHW
-        gemm_launch(nb, dt, Operand(wbuf, 0, Kg, 1, 0, Mg * Kg), Operand(col, 0, OHW, 1, C * KH * KW * OHW, Kg * OHW),
+        gemm_launch(nb, dt, Operand(wbuf, 0, Kg, 1, 0, Mg * Kg), Bop,
                     Operand(ybuf, yoff, OHW, 1, M * OHW, Mg * OHW), Mg, OHW, Kg, cnt, G, bias=bias,
                     residual=Operand(res, yoff) if res is not None else None, act=act)
 
