@@ -25,7 +25,7 @@ import hetero
 LIGHT_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
          "squeezenet", "vgg19", "zfnet512"]
-# VGG-19 (~20 GFLOP) is the heaviest by far; its random-weight run is marked slow.
+# VGG-19 (~20 GFLOP, 550 MB of weights) is the heaviest by far; its two tests are marked slow.
 HEAVY = {"vgg19"}
 
 ort = pytest.importorskip("onnxruntime")
@@ -44,7 +44,11 @@ def runner_input(model: onnx.ModelProto) -> tuple[str, np.ndarray]:
     return x.name, (np.arange(n).reshape(shape) / n).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", LIGHT)
+def _params():
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in LIGHT]
+
+
+@pytest.mark.parametrize("name", _params())
 def test_light_model_expected_output(name):
     model = onnx.load(light_path(name))
     input_name, x = runner_input(model)
@@ -233,7 +237,7 @@ def test_randomize_weights_changes_every_weight_and_keeps_structure():
     onnx.checker.check_model(model)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in LIGHT])
+@pytest.mark.parametrize("name", _params())
 def test_light_model_random_weights_match_onnxruntime(name):
     model, feeds, want = random_case(name)
     compiled = hetero.compile_model(model, "CPU")
