@@ -192,7 +192,7 @@ class InferRequest:
             missing = [p.any_name for p in self._compiled.inputs if p.any_name not in self._inputs]
             if missing:
                 raise InferError(f"missing input(s) {missing}; the model takes "
-                                 f"{[p.describe() for p in self._compiled.inputs]}")
+                                 f"{[p.describe() for p in self._compiled.inputs]}, got {sorted(self._inputs)}")
             self._compiled._check_consistent(self._inputs)
         except BaseException:
             self._finish_flags()
