@@ -269,12 +269,9 @@ def _node_signature(graph: Graph, node) -> tuple | None:
     return (node.op_type, node.domain, attrs, tuple(parts))
 
 
-def _time_node(dev: Device, cfg: Mapping[str, Any], graph: Graph, node, prof: DeviceProfile) -> float | None:
-    """Seconds ``node`` takes on ``dev``: the node alone as a one-node graph (its constants copied
-    in), minus the subgraph's fixed overhead and its input/output transfers; None if it cannot run
-    alone (e.g. it needs a real shape tensor at run time)."""
-    from ..ir import TensorInfo
-
+def _node_runner(dev: Device, cfg: Mapping[str, Any], graph: Graph, node):
+    """A callable running ``node`` alone on ``dev`` (a one-node graph, its constants copied in), or
+    None if it cannot run alone (e.g. it needs a real shape tensor at run time)."""
     rng = np.random.default_rng(0)
     ins = [v for v in dict.fromkeys(node.inputs) if v and v not in graph.initializers]
     one = Graph(f"time_{node.name}", (node,), tuple(graph.info(v) for v in ins),
@@ -288,30 +285,52 @@ def _time_node(dev: Device, cfg: Mapping[str, Any], graph: Graph, node, prof: De
         ctx = exe.new_context()
         feeds = {}
         for v in ins:
-            i: TensorInfo = graph.info(v)
+            i = graph.info(v)
             feeds[v] = (rng.standard_normal(i.shape).astype(i.dtype) if i.dtype.kind == "f"
                         else np.zeros(i.shape, i.dtype))
         exe.run(feeds, ctx)
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            exe.run(feeds, ctx)
-            times.append(time.perf_counter() - t0)
     except Exception:
         return None
-    t = min(times) - prof.subgraph_overhead_s  # the least disturbed run: other load only adds time
-    if not prof.host_memory:
-        for v in ins + [o for o in node.outputs if o]:
-            t -= prof.link_latency_s + (graph.info(v).nbytes or 0) / prof.link_bytes_per_s
-    return max(t, prof.node_overhead_s)
+    return lambda: exe.run(feeds, ctx)
+
+
+def _time_node(runners: Mapping[str, Any], graph: Graph, node, profiles: Mapping[str, DeviceProfile],
+               reps: int = 5) -> dict[str, float]:
+    """Seconds ``node`` takes on each device of ``runners``: runs interleaved across devices (so a
+    burst of other load hits all of them alike), the fastest kept, minus the subgraph's fixed
+    overhead and, for devices with their own memory, the node's input/output transfers."""
+    best = {d: float("inf") for d in runners}
+    for _ in range(reps):
+        for d, run in runners.items():
+            t0 = time.perf_counter()
+            try:
+                run()
+            except Exception:
+                best[d] = float("nan")
+                continue
+            best[d] = min(best[d], time.perf_counter() - t0)
+    out = {}
+    moved = [v for v in dict.fromkeys(node.inputs) if v and v not in graph.initializers] + \
+        [o for o in node.outputs if o]
+    for d, t in best.items():
+        if t != t:  # failed
+            continue
+        prof = profiles[d]
+        t -= prof.subgraph_overhead_s
+        if not prof.host_memory:
+            for v in moved:
+                t -= prof.link_latency_s + (graph.info(v).nbytes or 0) / prof.link_bytes_per_s
+        out[d] = max(t, prof.node_overhead_s)
+    return out
 
 
 def measured_costs(graph: Graph, devices: list[Device], dev_cfgs: Mapping[str, Mapping[str, Any]],
                    supported: Mapping[str, Mapping[str, object]]) -> Costs:
     """Costs for AFFINITY_POLICY=COST: each device's profile (calibrated through its plugin) gives
     transfer times, overheads and a shape-based estimate for every node; then the distinct nodes
-    (by op, attributes and shapes; at most MAX_TIMED_NODES) are timed alone on each device that can
-    run them and those times replace the estimates. Timings are cached for the process."""
+    (by op, attributes and shapes; at most MAX_TIMED_NODES) are timed alone on every device that can
+    run them, interleaved across devices, and those times replace the estimates. Timings are cached
+    for the process."""
     profiles = {d.name: device_profile(d, dev_cfgs[d.name]) for d in devices}
     base = estimate_costs(graph, profiles, supported)
     node_time = {d: dict(m) for d, m in base.node_time.items()}
@@ -321,14 +340,18 @@ def measured_costs(graph: Graph, devices: list[Device], dev_cfgs: Mapping[str, M
         if sig is not None:
             groups.setdefault(sig, []).append(n.name)
     by_name = graph.node_by_name
+    cfg_key = {d.name: repr(sorted((k, repr(v)) for k, v in dev_cfgs[d.name].items())) for d in devices}
     for sig, names in list(groups.items())[:MAX_TIMED_NODES]:
+        node = by_name[names[0]]
+        todo = [d for d in devices if supported.get(d.name, {}).get(node.name) is True
+                and (d.name, cfg_key[d.name], sig) not in _NODE_TIMES]
+        if todo:
+            runners = {d.name: r for d in todo if (r := _node_runner(d, dev_cfgs[d.name], graph, node)) is not None}
+            got = _time_node(runners, graph, node, profiles)
+            for d in todo:
+                _NODE_TIMES[(d.name, cfg_key[d.name], sig)] = got.get(d.name)
         for d in devices:
-            if supported.get(d.name, {}).get(names[0]) is not True:
-                continue
-            key = (d.name, repr(sorted((k, repr(v)) for k, v in dev_cfgs[d.name].items())), sig)
-            if key not in _NODE_TIMES:
-                _NODE_TIMES[key] = _time_node(d, dev_cfgs[d.name], graph, by_name[names[0]], profiles[d.name])
-            t = _NODE_TIMES[key]
+            t = _NODE_TIMES.get((d.name, cfg_key[d.name], sig))
             if t is not None:
                 for n in names:
                     node_time[d.name][n] = t
