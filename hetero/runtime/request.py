@@ -93,6 +93,7 @@ class InferRequest:
         self._latency_ms = 0.0
         self._last_failure: str | None = None
         self.request_id = compiled._next_request_id()
+        self._finish_hooks: list[Callable[[], None]] = []
         self.userdata: Any = None
         #: device name that served the last inference (set by MULTI/AUTO; the device otherwise)
         self.served_by: str | None = None
@@ -202,10 +203,13 @@ class InferRequest:
         with self._lock:
             self._busy = False
         self._done.set()
+        for hook in self._finish_hooks:  # e.g. AsyncInferQueue marking this request idle
+            hook()
 
     def _run_now(self, context=NO_CONTEXT) -> None:
         """Execute with the current inputs (sync path: borrows a stream context)."""
-        t0 = time.perf_counter()
+        # async runs count from submission (MULTI/AUTO/BATCH contexts carry it), not from hand-back
+        t0 = getattr(context, "submitted_at", None) or time.perf_counter()
         prof = [] if self._compiled._perf_count else None
         try:
             outputs, served = self._compiled._execute(self._inputs, prof, context, self)
@@ -291,7 +295,6 @@ class AsyncInferQueue:
     """A pool of infer requests: ``start_async`` takes an idle one (waiting for one if none is)."""
 
     def __init__(self, compiled: "CompiledModel", jobs: int = 0):
-        self._pending_done: set[int] = set()
         n = int(jobs) or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests = [compiled.create_infer_request() for _ in range(max(1, n))]
         self._idle: list[int] = list(range(len(self._requests)))
@@ -300,75 +303,64 @@ class AsyncInferQueue:
         self._errors: list[BaseException] = []
         self.userdata: list[Any] = [None] * len(self._requests)
         for i, r in enumerate(self._requests):
-            r.set_callback(self._make_done(i))
+            r.set_callback(self._make_callback(i))
+            r._finish_hooks.append(self._make_finished(i))
 
-    def _make_done(self, i: int):
+    def _make_callback(self, i: int):
         def done(userdata):
-            try:
-                if self._callback is not None:
+            if self._callback is not None:
+                try:
                     self._callback(self._requests[i], userdata)
-            except BaseException as e:
-                with self._cv:
-                    self._errors.append(e)
-            finally:
-                with self._cv:
-                    self._pending_done.add(i)
-                    self._cv.notify_all()
+                except BaseException as e:  # resurfaces at wait_all
+                    with self._cv:
+                        self._errors.append(e)
 
         return done
+
+    def _make_finished(self, i: int):
+        def finished():
+            r = self._requests[i]
+            with self._cv:
+                if r._error is not None:
+                    self._errors.append(r._error)
+                    r._error = None
+                if i not in self._idle:
+                    self._idle.append(i)
+                self._cv.notify_all()
+
+        return finished
 
     def set_callback(self, callback: Callable) -> None:
         """``callback(request, userdata)`` runs when each job finishes."""
         self._callback = callback
 
-    def _reap(self) -> None:
-        # a request whose callback ran is idle once its run flags are cleared
-        for i in list(self._pending_done):
-            r = self._requests[i]
-            if r._done.is_set():
-                self._pending_done.discard(i)
-                if r._error is not None:
-                    self._errors.append(r._error)
-                    r._error = None
-                self._idle.append(i)
-
     def get_idle_request_id(self) -> int:
         with self._cv:
-            while True:
-                self._reap()
-                if self._idle:
-                    return self._idle[0]
-                self._cv.wait(0.05)
+            self._cv.wait_for(lambda: bool(self._idle))
+            return self._idle[0]
 
     def is_ready(self) -> bool:
         with self._cv:
-            self._reap()
             return bool(self._idle)
 
     def start_async(self, inputs=None, userdata: Any = None, share_inputs: bool = False) -> None:
         with self._cv:
-            while True:
-                self._reap()
-                if self._idle:
-                    i = self._idle.pop(0)
-                    break
-                self._cv.wait(0.05)
+            self._cv.wait_for(lambda: bool(self._idle))
+            i = self._idle.pop(0)
         self.userdata[i] = userdata
         try:
             self._requests[i].start_async(inputs, userdata)
         except BaseException:
             with self._cv:
-                self._idle.insert(0, i)
+                if i not in self._idle:
+                    self._idle.insert(0, i)
+                self._cv.notify_all()
             raise
 
     def wait_all(self) -> None:
         """Wait for every job; re-raise the first error from a job or a callback."""
         with self._cv:
-            while len(self._idle) + 0 < len(self._requests):
-                self._reap()
-                if len(self._idle) == len(self._requests):
-                    break
-                self._cv.wait(0.05)
+            self._cv.wait_for(lambda: len(self._idle) == len(self._requests))
             errors, self._errors = self._errors, []
         if errors:
             raise errors[0]
