@@ -24,11 +24,7 @@ AUTO_KEYS = MULTI_KEYS + ("ENABLE_STARTUP_FALLBACK",)
 BATCH_KEYS = ("AUTO_BATCH_TIMEOUT", "DEVICE_PROPERTIES")
 
 
-def debug_level() -> int:
-    try:
-        return int(os.environ.get("HETERO_DEBUG", "0") or 0)
-    except ValueError:
-        return 0
+from ..log import debug_level  # noqa: E402
 
 
 def debug(msg: str) -> None:

@@ -124,11 +124,7 @@ class StreamPool:
             self._jobs.put(None)
 
 
-def _debug_level() -> int:
-    try:
-        return int(os.environ.get("HETERO_DEBUG", "0") or 0)
-    except ValueError:
-        return 0
+from ..log import debug_level as _debug_level  # noqa: E402
 
 
 class CompiledModel:

@@ -26,6 +26,7 @@ import time
 from typing import Callable, Iterable
 
 from ..ir import Graph
+from ..log import debug_level
 from .batchnorm import fold_batchnorm
 from .cleanup import remove_dead_nodes, remove_identity
 from .constant_folding import MAX_FOLD_BYTES, fold_constants
@@ -52,7 +53,7 @@ def optimize(graph: Graph, *, passes: Iterable[str | Pass] | None = None) -> Gra
                 raise ValueError(f"unknown graph pass {p!r}; known passes: {list(PASSES)}")
             p = PASSES[p]
         chosen.append(p)
-    debug = bool(os.environ.get("HETERO_DEBUG"))
+    debug = debug_level() >= 1
     t0 = time.perf_counter()
     before = len(graph.nodes)
     for p in chosen:
