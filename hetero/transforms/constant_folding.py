@@ -9,7 +9,10 @@ initializers.
 Not folded: random ops (``RandomNormal``, ``Bernoulli``, ``Dropout``, ...); nodes with subgraphs;
 nodes producing a graph output (a graph output stays the output of a node, which every device and the
 partitioner expect); results over ``MAX_FOLD_BYTES`` (``ConstantOfShape``/``Expand``/``Tile`` can blow
-a few bytes up into gigabytes, cheaper to compute at run time than to keep in memory); results that are
+a few bytes up into gigabytes, cheaper to compute at run time than to keep in memory; except a
+result read only as a weight operand -- Conv/ConvTranspose W, Gemm B/C, MatMul B -- up to
+``MAX_WEIGHT_FOLD_BYTES``: that is a model's weights stored as a fill, which would otherwise be
+re-materialised on every inference, e.g. VGG-19's 400 MB first FC weight); results that are
 not plain tensors (sequences, optionals); and nodes whose kernel raises (the error then surfaces at run
 time, where it names the inputs).
 
@@ -31,10 +34,14 @@ from typing import Any
 import numpy as np
 
 from ..ir import Graph, Node, TensorInfo, subgraphs_of
-from .common import RANDOM_OPS, rebuild
+from .common import RANDOM_OPS, rebuild, subgraph_reads
 
 #: largest result (all outputs of one node together) kept as a folded constant
 MAX_FOLD_BYTES = 16 * 1024 * 1024
+#: largest result folded when every reader takes it as a weight operand (see ``_weight_only``)
+MAX_WEIGHT_FOLD_BYTES = 1024 * 1024 * 1024
+#: (op type -> input positions) that hold weights: kept in memory anyway once computed
+_WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
 
 
 def fold_constants(graph: Graph) -> Graph:
@@ -44,11 +51,14 @@ def fold_constants(graph: Graph) -> Graph:
 
     consts: dict[str, Any] = dict(graph.initializers)
     outputs = set(graph.output_names)
+    weights = _weight_only(graph)
     kept: list[Node] = []
     folded: list[Node] = []
     new_info: dict[str, TensorInfo] = {}
     for node in graph.nodes:
-        values = _try_fold(graph, node, consts, outputs, cpu)
+        limit = MAX_WEIGHT_FOLD_BYTES if node.outputs and all(o in weights for o in node.outputs if o) \
+            else MAX_FOLD_BYTES
+        values = _try_fold(graph, node, consts, outputs, cpu, limit)
         if values is None:
             kept.append(node)
             continue
@@ -65,8 +75,20 @@ def fold_constants(graph: Graph) -> Graph:
     return rebuild(graph, kept, folded, initializers=initializers, value_info=value_info)
 
 
+def _weight_only(graph: Graph) -> set[str]:
+    """Values every reader of which takes them as a weight operand (``_WEIGHT_INPUTS``)."""
+    good: set[str] = set()
+    bad: set[str] = set()
+    for node in graph.nodes:
+        pos = _WEIGHT_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+        for i, name in enumerate(node.inputs):
+            if name:
+                (good if i in pos else bad).add(name)
+    return good - bad - subgraph_reads(graph) - set(graph.output_names)
+
+
 def _try_fold(graph: Graph, node: Node, consts: dict[str, Any], outputs: set[str],
-              cpu) -> list[np.ndarray] | None:
+              cpu, limit: int = MAX_FOLD_BYTES) -> list[np.ndarray] | None:
     """The node's output values if it folds, else None."""
     if any(o in outputs for o in node.outputs) or node.op_type in RANDOM_OPS or subgraphs_of(node):
         return None
@@ -80,7 +102,7 @@ def _try_fold(graph: Graph, node: Node, consts: dict[str, Any], outputs: set[str
         return None
     # 1. refuse before running when the result is known (or estimated) to be huge
     est = _estimated_nbytes(graph, node, args)
-    if est is not None and est > MAX_FOLD_BYTES:
+    if est is not None and est > limit:
         return None
     # 2. run the CPU kernel exactly as the CPU executor would
     if cpu.unsupported_reason(graph, node) is not None:
@@ -122,7 +144,7 @@ def _try_fold(graph: Graph, node: Node, consts: dict[str, Any], outputs: set[str
             return None  # disagrees with type inference: let run time decide
         total += v.nbytes
         values.append(v)
-    if total > MAX_FOLD_BYTES and node.op_type != "Constant":
+    if total > limit and node.op_type != "Constant":
         return None
     return values
 
