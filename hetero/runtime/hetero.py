@@ -36,6 +36,7 @@ from ..affinity.assign import fused_originals
 from ..affinity.rules import Rule
 from ..devices.base import Device, ProfileRecord
 from ..devices.registry import ParsedDevice, parse, parse_single
+from ..log import debug_level
 from ..errors import DeviceError, DeviceStringError, HeteroError, InferError, PropertyError, \
     UnsupportedOpError, suggest
 from ..ir import Graph
@@ -446,7 +447,7 @@ def compile_hetero(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str
     if cfg.get("HETERO_DUMP_GRAPH_DOT") or env_dump:
         where = cfg.get("HETERO_DUMP_DIR") or os.environ.get("HETERO_DUMP_DIR") or "."
         cm.dump_files = write_dumps(plan, where, [d.name for d in devices])
-    if os.environ.get("HETERO_DEBUG", "0") not in ("", "0"):
+    if debug_level() >= 1:
         print(f"[hetero] {name}: {optimized.name!r} -> {len(plan.subgraphs)} subgraph(s), "
               f"{len(plan.reorders)} Reorder(s)", file=sys.stderr)
         for n in optimized.nodes:
