@@ -52,3 +52,45 @@ def test_light_model(name, precision):
         assert f16_allclose(out, expected), f"max error {np.abs(out - expected).max()}"
         exe = compiled._runner
         assert exe.plan.half_nodes, "f16 ran no node on half storage"
+
+
+def _randomized(name: str, seed: int = 0) -> onnx.ModelProto:
+    """The light model with its constant weights (ConstantOfShape fills) replaced by random ones
+    (uniform +-1/sqrt(fan_in) for weight tensors, [0.5, 1.5] for 1-D parameters such as BatchNorm's),
+    so every channel and tap carries a different value and the outputs are far from uniform."""
+    m = onnx.load(os.path.join(LIGHT, f"light_{name}.onnx"))
+    rng = np.random.default_rng(seed)
+    shapes = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type == "ConstantOfShape" and n.input[0] in shapes:
+            shape = tuple(int(d) for d in shapes[n.input[0]].ravel())
+            if len(shape) >= 2:
+                fan_in = int(np.prod(shape[1:]))
+                v = rng.uniform(-1, 1, shape) / np.sqrt(fan_in)
+            else:
+                v = rng.uniform(0.5, 1.5, shape)
+            n = onnx.helper.make_node("Constant", [], list(n.output),
+                                      value=numpy_helper.from_array(v.astype(np.float32)))
+        nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet", "shufflenet", "inception_v1"])
+def test_light_model_random_weights_matches_onnxruntime(name):
+    import onnxruntime as ort
+
+    m = _randomized(name)
+    _, feeds, _ = _light(name)
+    x = next(iter(feeds.values()))
+    feeds = {k: np.random.default_rng(1).random(x.shape).astype(np.float32) for k in feeds}
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, feeds)[0]
+    got = CORE.compile_model(m, "GPU")(feeds)[0]
+    assert np.abs(want).max() > 1.5 * np.abs(want).min() + 1e-6  # outputs are not uniform
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    got16 = CORE.compile_model(m, "GPU", {"INFERENCE_PRECISION_HINT": "f16"})(feeds)[0]
+    assert f16_allclose(got16, want), f"f16 max error {np.abs(got16 - want).max()} of max {np.abs(want).max()}"

@@ -5,9 +5,11 @@ Compile (``OpenCLExecutable.__init__``), in order:
   2. upload the weights once (host constants, converted to the device precision);
   3. run the *const* launches once (outputs depending only on constants) and keep their results;
   4. plan intermediate memory by liveness (memplan.py);
-  5. warm up: one run on zeros through a fresh stream context, so lazy device compilation (PoCL builds
-     each kernel's work-group function at its first launch) happens now, then store the program
-     binaries in CACHE_DIR.
+  5. with a CACHE_DIR whose binaries were not all there: warm up -- one run on zeros through a fresh
+     stream context, so lazy device compilation (PoCL builds each kernel's work-group function at its
+     first launch) happens now -- then store the program binaries, which then include that code.
+     Otherwise the lazy part (if any) happens at the first inference (HETERO_OCL_WARMUP=1: always
+     warm up).
 
 Run (per stream context: its own command queue, buffers and bound kernels): enqueue the input uploads
 (non-blocking), every kernel, and non-blocking output reads on the in-order queue, then wait once for
@@ -128,10 +130,12 @@ class OpenCLExecutable(Executable):
         if probe:
             self.compile_time = time.perf_counter() - t0
             return
-        warm = self.new_context()
-        self.run({i.name: np.zeros(i.shape, i.dtype) for i in plan.inputs}, warm)
-        self._default = warm
-        if cache_dir:
+        warmup = os.environ.get("HETERO_OCL_WARMUP", "") not in ("", "0")
+        if warmup or (cache_dir and not self.loaded_from_cache):
+            warm = self.new_context()
+            self.run({i.name: np.zeros(i.shape, i.dtype) for i in plan.inputs}, warm)
+            self._default = warm
+        if cache_dir and not self.loaded_from_cache:
             for key in keys:
                 PROGRAMS.store(cdev, key, self._programs[key], cache_dir)
         self.compile_time = time.perf_counter() - t0
