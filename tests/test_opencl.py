@@ -255,6 +255,19 @@ def test_gpu_shaped_kernels(case_id, monkeypatch):
     compare(case, [got[i] for i in range(len(expected))], expected)
 
 
+@needs_gpu
+def test_upload_download_round_trip():
+    dev = _gpu()
+    for a in (np.arange(12, dtype=np.float32).reshape(3, 4), np.array([[True, False], [False, True]]),
+              np.arange(5, dtype=np.int64) - 2, np.linspace(-1, 1, 7).astype(np.float16)):
+        h = dev.upload(a)
+        assert h.shape == a.shape
+        b = dev.download(h)
+        np.testing.assert_array_equal(b.view(np.bool_) if a.dtype == np.bool_ else b, a)
+    with pytest.raises(DeviceError, match="DeviceTensor"):
+        dev.download(np.zeros(3))
+
+
 # ---- precision --------------------------------------------------------------------------------------
 
 F16_CASES = ["Conv_3x3_pad", "Conv_groups", "Conv_depthwise", "Gemm_transB_bias", "MatMul_batch_fold", "Add_broadcast",

@@ -10,7 +10,7 @@ broadcastable bias, a residual and an activation epilogue:
 * MatMul: batch axes are broadcast with per-operand strides; when B has no batch axes and A is
   contiguous the batch folds into M (one large GEMM instead of many small ones).
 * Conv (1-D / 2-D, any groups, dilations, strides, pads, auto_pad):
-    1x1, stride 1, no pad, group 1 -> GEMM directly on X (W[M,C] . X[n][C, H*W]);
+    1x1, stride 1, no pad -> GEMM directly on X (W[M,C] . X[n][C, H*W]), per group;
     depthwise (group == C, one input channel per group) -> the direct dwconv kernel;
     otherwise -> im2col into a scratch buffer, then GEMM batched over (image, group).
 """
@@ -337,13 +337,14 @@ def _plan_conv(nb: NodeBuilder, act, residual_input: int | None) -> None:
         return
     Mg, Kg = M // G, Cg * KH * KW
     bias = Operand(bbuf, 0, 1, 0, 0, Mg) if has_bias else None
-    # 2. pointwise: GEMM straight on X
-    if KH == KW == 1 and SH == SW == 1 and PH == PW == 0 and pe == [0] * len(pe) and G == 1:
-        B = Operand(xbuf, 0, HW, 1, C * HW, 0)
-        if packs(nb) and HW > PACK_MIN_N and M > RM:
-            B = pack_device_b(nb, dt, B, C, HW, Nb, C * HW)
-        gemm_launch(nb, dt, Operand(wbuf, 0, C, 1), B,
-                    Operand(ybuf, 0, OHW, 1, M * OHW, 0), M, OHW, C, Nb, 1, bias=bias,
+    # 2. pointwise (any group count): GEMM straight on X, group g reading rows [g*Cg, (g+1)*Cg)
+    if KH == KW == 1 and SH == SW == 1 and PH == PW == 0 and pe == [0] * len(pe):
+        B = Operand(xbuf, 0, HW, 1, C * HW, Cg * HW)
+        if packs(nb) and HW > PACK_MIN_N and Mg > RM:
+            B = pack_device_b(nb, dt, Operand(xbuf, 0, HW, 1), C, HW, Nb, C * HW)
+            B.sb1 = Cg * RN * NV  # a group's rows inside each packed panel
+        gemm_launch(nb, dt, Operand(wbuf, 0, Cg, 1, 0, Mg * Cg), B,
+                    Operand(ybuf, 0, OHW, 1, M * OHW, Mg * OHW), Mg, OHW, Cg, Nb, G, bias=bias,
                     residual=Operand(res) if res is not None else None, act=act)
         return
     # 3. im2col + GEMM over (image, group); split the batch when the scratch would be too large
