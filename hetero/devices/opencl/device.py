@@ -36,7 +36,7 @@ def device_kind(cl_device) -> str:
 
 @dataclass
 class DeviceTensor:
-    """A tensor in device memory (``upload`` / ``download``); ``dtype`` is the device storage type."""
+    """A tensor in device memory (``upload`` / ``download``): the buffer holds ``dtype``'s bytes."""
 
     buffer: Any
     shape: tuple[int, ...]
@@ -149,8 +149,6 @@ class OpenCLDevice(Device):
         from .plan import SLACK_BYTES
 
         a = np.ascontiguousarray(array)
-        if a.dtype == np.bool_:
-            a = a.view(np.uint8)
         buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=a.nbytes + SLACK_BYTES)
         with self._ctx_lock:
             if self._queue is None:
