@@ -47,6 +47,8 @@ __kernel void im2col(__global const T* X, int x_off, __global T* Col, int col_of
     }
 }
 
+#define DWB 64  // output columns accumulated at a time (private row buffer)
+
 __kernel void dwconv(__global const T* X, int x_off, __global const T* Wt, int w_off,
                      __global const T* bias, int bias_off, __global const T* R, int r_off,
                      __global T* Y, int y_off,
@@ -61,17 +63,28 @@ __kernel void dwconv(__global const T* X, int x_off, __global const T* Wt, int w
     const int wb = w_off + co * KH * KW;
     const int yb = (n * cout + co) * OH * OW + oy * OW;
     const float b = (flags & 1) ? LD(bias, bias_off + co) : 0.0f;
-    for (int ox = 0; ox < OW; ++ox) {
-        float acc = b;
+    // taps outer, columns inner: for each tap the valid column range is computed once, so the inner
+    // loop has no bounds checks (and vectorises for stride 1)
+    for (int ox0 = 0; ox0 < OW; ox0 += DWB) {
+        const int cnt = min(DWB, OW - ox0);
+        float acc[DWB];
+        for (int j = 0; j < cnt; ++j) acc[j] = b;
         for (int kh = 0; kh < KH; ++kh) {
             const int iy = oy * SH - PH + kh * DH;
             if (iy < 0 || iy >= H) continue;
             for (int kw = 0; kw < KW; ++kw) {
-                const int ix = ox * SW - PW + kw * DW;
-                if (ix >= 0 && ix < W) acc += LD(X, xb + iy * W + ix) * LD(Wt, wb + kh * KW + kw);
+                const float w = LD(Wt, wb + kh * KW + kw);
+                const int ix0 = ox0 * SW - PW + kw * DW;
+                const int jlo = ix0 >= 0 ? 0 : (-ix0 + SW - 1) / SW;
+                const int jhi = ix0 > W - 1 ? 0 : min(cnt, (W - 1 - ix0) / SW + 1);
+                const int xr = xb + iy * W + ix0;
+                for (int j = jlo; j < jhi; ++j) acc[j] += w * LD(X, xr + j * SW);
             }
         }
-        if (flags & 2) acc += LD(R, r_off + yb + ox);
-        ST(Y, y_off + yb + ox, act_fn(acc, act, p0, p1));
+        for (int j = 0; j < cnt; ++j) {
+            float v = acc[j];
+            if (flags & 2) v += LD(R, r_off + yb + ox0 + j);
+            ST(Y, y_off + yb + ox0 + j, act_fn(v, act, p0, p1));
+        }
     }
 }
