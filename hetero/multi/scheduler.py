@@ -27,7 +27,9 @@ r1 on MOCK.1; ``submit(r2)`` -> none idle -> pending [r2]; MOCK.1 finishes r1 fi
 Dispatch log: [(0, MOCK.0), (1, MOCK.1), (2, MOCK.1)]. With ROUND_ROBIN and sync requests one at a
 time: MOCK.0, MOCK.1, MOCK.0, ...
 
-Worker threads block on their inbox queue and the scheduler lock; nothing polls.
+Worker threads block on their inbox queue and the scheduler lock; nothing polls. A job goes into a
+worker's inbox under the lock, in the same step that assigns it, so a device released meanwhile
+(``close``) finds it ahead of its stop marker: the worker runs it (or fails it) before it stops.
 """
 from __future__ import annotations
 
@@ -138,7 +140,7 @@ class Scheduler:
         self.runtime_fallback = runtime_fallback
         self._replenish = replenish
         self._on_release = on_release
-        self._lock = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._devices: dict[str, _DeviceState] = {}
         self._priorities: list[str] = []
         self._pending: collections.deque[Job] = collections.deque()
@@ -158,11 +160,6 @@ class Scheduler:
                    expected: bool = False) -> None:
         """Add a compiled device with ``nworkers`` workers (appended to the rotation if ``active``);
         ``expected``: it is one announced by :meth:`expect`."""
-        if self._closed:  # released while this device compiled (AUTO's background compile)
-            rel = getattr(compiled, "release", None)
-            if callable(rel):
-                rel()
-            return
         d = _DeviceState(name, compiled, max(1, int(nworkers)))
         contexts = list(contexts or [])
         make = getattr(getattr(compiled, "_runner", None), "new_context", lambda: None)
@@ -173,15 +170,21 @@ class Scheduler:
             d.idle.append(w)
         if self.tracer is not None and hasattr(compiled, "set_tracer"):
             compiled.set_tracer(self.tracer)
-        to_run = []
         with self._lock:
-            self._devices[name] = d
-            if expected:
-                self._expected -= 1
-            if active:
-                self._priorities.append(name)
-                to_run = self._pump_locked()
-        self._start(to_run)
+            closed = self._closed
+            if not closed:
+                self._devices[name] = d
+                if expected:
+                    self._expected -= 1
+                if active:
+                    self._priorities.append(name)
+                    self._pump_locked()
+        if closed:  # released while this device compiled (AUTO's background compile): stop, free
+            for w in d.workers:
+                w.inbox.put(_STOP)
+            rel = getattr(compiled, "release", None)
+            if callable(rel):
+                rel()
 
     def expect(self, n: int = 1) -> None:
         """``n`` more devices are compiling: waiting jobs stay queued for them."""
@@ -202,7 +205,8 @@ class Scheduler:
 
     @property
     def devices(self) -> list[str]:
-        return list(self._devices)
+        with self._lock:  # (AUTO adds devices from its compile thread)
+            return list(self._devices)
 
     @property
     def priorities(self) -> list[str]:
@@ -217,6 +221,8 @@ class Scheduler:
         with self._lock:
             if _arrived:
                 self._expected -= 1
+                if self._closed:  # released while the device compiled: nothing to switch to
+                    return
             for n in names:
                 d = self._devices[n]
                 if d.released:
@@ -224,10 +230,9 @@ class Scheduler:
                 d.error = None  # naming a failed device again brings it back
             self._priorities = list(names)
             self._rr = 0
-            to_run = self._pump_locked()
+            self._pump_locked()
             retire = [d for d in self._devices.values()
                       if d.release_when_idle and d.name not in self._priorities and d.in_flight == 0 and not d.released]
-        self._start(to_run)
         for d in retire:
             self._release(d)
         self._check_exhausted()
@@ -247,10 +252,9 @@ class Scheduler:
             if d.released:
                 return
             d.released = True
-            workers = list(d.workers)
             d.idle.clear()
-        for w in workers:
-            w.inbox.put(_STOP)
+            for w in d.workers:  # under the lock: behind every job already assigned to it
+                w.inbox.put(_STOP)
         rel = getattr(d.compiled, "release", None)
         if callable(rel):
             rel()
@@ -272,7 +276,8 @@ class Scheduler:
             return {n: d.in_flight for n, d in self._devices.items()}
 
     def workers(self) -> dict[str, int]:
-        return {n: d.nworkers for n, d in self._devices.items()}
+        with self._lock:
+            return {n: d.nworkers for n, d in self._devices.items()}
 
     # ---- dispatch --------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -291,12 +296,10 @@ class Scheduler:
                 w = self._pick()
                 if w is None:
                     self._pending.append(job)
-                    return
-                self._assign(w, job)
+                else:
+                    self._assign(w, job)
         if abort is not None:
             job.finish(error=abort)
-            return
-        w.inbox.put(job)
 
     def run_here(self, job: Job) -> None:
         """A sync request: like :meth:`submit`, but when a worker is idle its device runs the job in
@@ -311,13 +314,11 @@ class Scheduler:
             if self._priorities and not self._closed:
                 w = self._pick()
                 if w is not None:
-                    self._assign(w, job)
+                    self._assign(w, job, hand_off=False)  # this thread runs it
         if w is None:
             self.submit(job)
         else:
-            nxt = self._run(w, job)
-            if nxt is not None:  # the worker took a waiting job: its own thread runs that one
-                w.inbox.put(nxt)
+            self._run(w, job, in_worker=False)
         job.wait()
 
     def _pick(self) -> _Worker | None:
@@ -336,13 +337,16 @@ class Scheduler:
                 return d.idle.popleft()
         return None
 
-    def _assign(self, w: _Worker, job: Job) -> None:
+    def _assign(self, w: _Worker, job: Job, hand_off: bool = True) -> None:
+        """(Under the lock.) ``job`` goes to ``w``: counted, logged, and put in its inbox (``hand_off``)."""
         w.device.in_flight += 1
         self.log.append(Dispatch(job.seq, w.device.name, bool(job.tried)))
         tr = self.tracer
         if tr is not None and tr.enabled:
             tr.instant(self.name, f"dispatch -> {w.device.name}", job.trace_id, cat="dispatch",
                        retry=bool(job.tried), infer_request=job.seq)
+        if hand_off:
+            w.inbox.put(job)
 
     def set_tracer(self, tracer) -> None:
         self.tracer = tracer
@@ -350,25 +354,17 @@ class Scheduler:
             if d.compiled is not None and hasattr(d.compiled, "set_tracer"):
                 d.compiled.set_tracer(tracer)
 
-    def _pump_locked(self) -> list[tuple[_Worker, Job]]:
+    def _pump_locked(self) -> None:
         """Give waiting jobs to idle workers of active devices (after the rotation changed)."""
-        out = []
         while self._pending:
             w = self._pick()
             if w is None:
                 break
-            job = self._pending.popleft()
-            self._assign(w, job)
-            out.append((w, job))
-        return out
+            self._assign(w, self._pending.popleft())
 
-    @staticmethod
-    def _start(pairs) -> None:
-        for w, job in pairs:
-            w.inbox.put(job)
-
-    def _run(self, w: _Worker, job: Job) -> Job | None:
+    def _run(self, w: _Worker, job: Job, in_worker: bool = True) -> Job | None:
         """Run ``job`` on ``w``; return the worker's next job (the head of the queue) or None (idle).
+        Not ``in_worker`` (:meth:`run_here`): a next job goes to the worker's own thread instead.
 
         The worker's bookkeeping (idle again, or its next job) is done *before* the job is finished,
         so a caller that starts its next request as soon as this one returns finds the worker idle."""
@@ -386,22 +382,23 @@ class Scheduler:
             if is_device_fault(e) and self.runtime_fallback:
                 job.tried[d.name] = e
                 self._fail(d, e)
-                nxt, retire = self._next_for(w)
+                nxt, retire = self._next_for(w, in_worker=in_worker)
                 self.submit(job)  # runtime fallback: the job runs elsewhere (or fails with every error)
             else:
                 with self._lock:
                     d.failures += 1
-                nxt, retire = self._next_for(w)
+                nxt, retire = self._next_for(w, in_worker=in_worker)
                 job.finish(error=e)
         else:
-            nxt, retire = self._next_for(w, served=True)
+            nxt, retire = self._next_for(w, served=True, in_worker=in_worker)
             job.finish(outputs=outputs, served_by=d.name)
         if retire:
             self._release(d)
         return nxt
 
-    def _next_for(self, w: _Worker, served: bool = False) -> tuple[Job | None, bool]:
-        """After a job: (the worker's next job or None, whether its device is now to be released)."""
+    def _next_for(self, w: _Worker, served: bool = False, in_worker: bool = True) -> tuple[Job | None, bool]:
+        """After a job: (the worker's next job or None, whether its device is now to be released).
+        Not ``in_worker``: the next job is put in the worker's inbox (under the lock) instead."""
         d = w.device
         with self._lock:
             d.in_flight -= 1
@@ -409,8 +406,8 @@ class Scheduler:
                 d.served += 1
             if d.name in self._priorities and self._pending and not d.released:
                 job = self._pending.popleft()
-                self._assign(w, job)
-                return job, False
+                self._assign(w, job, hand_off=not in_worker)
+                return (job if in_worker else None), False
             d.idle.append(w)
             return None, (d.release_when_idle and d.name not in self._priorities and d.in_flight == 0
                           and not d.released)
@@ -442,8 +439,7 @@ class Scheduler:
                     self._replenishing = False
             if added:
                 with self._lock:
-                    to_run = self._pump_locked()
-                self._start(to_run)
+                    self._pump_locked()
                 return
             with self._lock:
                 if self._priorities or self._expected:
