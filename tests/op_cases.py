@@ -74,6 +74,20 @@ def _lrn_ref(x, size, alpha, beta, bias):
     return [(x / (bias + alpha / size * sq) ** beta).astype(x.dtype)]
 
 
+def _convtranspose_ref(x, w, group, stride=1):
+    """ConvTranspose without pads, by scattering each tap (onnx.reference fails on group > 1)."""
+    n, c, h, wd = x.shape
+    cg, mg, kh, kw = c // group, w.shape[1], w.shape[2], w.shape[3]
+    y = np.zeros((n, mg * group, (h - 1) * stride + kh, (wd - 1) * stride + kw), np.float64)
+    for g in range(group):
+        xg, wg = x[:, g * cg:(g + 1) * cg], w[g * cg:(g + 1) * cg]
+        for a in range(kh):
+            for b in range(kw):
+                y[:, g * mg:(g + 1) * mg, a:a + (h - 1) * stride + 1:stride, b:b + (wd - 1) * stride + 1:stride] += \
+                    np.einsum("nchw,cm->nmhw", xg, wg[:, :, a, b])
+    return [y.astype(x.dtype)]
+
+
 def _softmax2d_ref(x, axis):
     """Softmax before opset 13: the input is coerced to 2-D at ``axis`` (onnx.reference ignores that)."""
     x2 = x.reshape(int(np.prod(x.shape[:axis])), -1)
@@ -171,6 +185,16 @@ CASES: list[OpCase] = [
     _case("Conv_1d", "Conv", [Inp((2, 3, 11)), Inp((4, 3, 3), const=True), Inp((4,), const=True)],
           {"pads": [1, 1], "strides": [2]}),
     _case("Conv_runtime_weights", "Conv", [Inp((1, 3, 5, 5)), Inp((2, 3, 3, 3))]),
+    _case("ConvTranspose_s2", "ConvTranspose", [Inp((1, 2, 3, 3)), Inp((2, 4, 3, 3), const=True), Inp((4,), const=True)],
+          {"strides": [2, 2]}),
+    _case("ConvTranspose_pads_outpad", "ConvTranspose", [Inp((2, 3, 4, 5)), Inp((3, 2, 3, 2), const=True)],
+          {"strides": [2, 3], "pads": [1, 0, 1, 1], "output_padding": [1, 2]}),
+    _case("ConvTranspose_groups", "ConvTranspose", [Inp((1, 4, 5, 5)), Inp((4, 3, 2, 2), const=True)], {"group": 2},
+          numpy_ref=lambda x, w: _convtranspose_ref(x, w, 2)),
+    _case("ConvTranspose_dilated", "ConvTranspose", [Inp((1, 2, 4, 4)), Inp((2, 3, 3, 3), const=True)],
+          {"dilations": [2, 2], "strides": [2, 2]}),
+    _case("ConvTranspose_1d_same", "ConvTranspose", [Inp((1, 2, 6)), Inp((2, 3, 3), const=True)],
+          {"strides": [2], "auto_pad": "SAME_UPPER"}),
     # ---- pooling ----
     _case("MaxPool_3x3_s2_p1", "MaxPool", [X4], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     _case("MaxPool_ceil", "MaxPool", [Inp((1, 2, 7, 7))], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),

@@ -88,3 +88,34 @@ __kernel void dwconv(__global const T* X, int x_off, __global const T* Wt, int w
         }
     }
 }
+
+// col2im for ConvTranspose: Y[n, m, oy, ox] = bias[m] + sum over taps (kh, kw) whose input position
+// iy = (oy + PH - kh*DH) / SH (exact division) and ix likewise fall inside the input, of
+// Col[n][(m, kh, kw)][iy*W + ix], where Col = W^T . X was computed by the GEMM. A gather: no atomics.
+__kernel void col2im(__global const T* Col, int col_off, __global const T* bias, int bias_off, __global T* Y, int y_off,
+                     int M, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                     int OH, int OW, int flags) {
+    const int oy = (int)get_global_id(0);
+    const int m = (int)get_global_id(1);
+    const int n = (int)get_global_id(2);
+    const int cb = col_off + (n * M + m) * KH * KW * H * W;
+    const float b = (flags & 1) ? LD(bias, bias_off + m) : 0.0f;
+    const int yb = y_off + ((n * M + m) * OH + oy) * OW;
+    for (int ox = 0; ox < OW; ++ox) {
+        float acc = b;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ty = oy + PH - kh * DH;
+            if (ty < 0 || ty % SH) continue;
+            const int iy = ty / SH;
+            if (iy >= H) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int tx = ox + PW - kw * DW;
+                if (tx < 0 || tx % SW) continue;
+                const int ix = tx / SW;
+                if (ix >= W) continue;
+                acc += LD(Col, cb + (kh * KW + kw) * H * W + iy * W + ix);
+            }
+        }
+        ST(Y, yb + ox, acc);
+    }
+}

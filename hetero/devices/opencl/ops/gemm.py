@@ -377,3 +377,66 @@ def plan_conv(nb: NodeBuilder) -> None:
 @planner("FusedConv", domain="hetero")
 def plan_fused_conv(nb: NodeBuilder) -> None:
     _plan_conv(nb, activation_of(nb), 3)
+
+
+# ---- ConvTranspose ------------------------------------------------------------------------------
+
+@planner("ConvTranspose")
+def plan_conv_transpose(nb: NodeBuilder) -> None:
+    """Col = W^T . X (one GEMM per image and group), then a col2im gather adds the taps and the bias.
+
+    Traced: X [1, 2, 3, 3], W [2, 4, 3, 3], stride 2 -> Col [1, 4*3*3, 9]; Y [1, 4, 7, 7] where
+    Y[0, m, oy, ox] sums Col[(m, kh, kw), iy*3 + ix] over taps with oy = 2*iy + kh (and ox alike)."""
+    dt = nb.require_float(0, 1, 2)
+    xs, ws, ys = nb.shape(0), nb.shape(1), nb.out_shape(0)
+    if len(xs) not in (3, 4) or len(ws) != len(xs):
+        raise Unsupported(f"ConvTranspose: {len(xs) - 2}-D not supported (1-D and 2-D are)")
+    G = int(nb.attr("group", 1))
+    Nb, C = xs[0], xs[1]
+    Cg, Mg = C // G, ws[1]
+    M = Mg * G
+    if ws[0] != C or C % G or ys[1] != M:
+        raise Unsupported(f"ConvTranspose: channels {C} / weight {list(ws)} / group {G} are inconsistent")
+    nd = len(xs) - 2
+    ks = list(ws[2:])
+    strides = [int(v) for v in (nb.attr("strides") or [1] * nd)]
+    dil = [int(v) for v in (nb.attr("dilations") or [1] * nd)]
+    opad = [int(v) for v in (nb.attr("output_padding") or [0] * nd)]
+    auto_pad = nb.attr("auto_pad", "NOTSET") or "NOTSET"
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    out_sp = list(ys[2:])
+    full = [strides[i] * (xs[2 + i] - 1) + opad[i] + (ks[i] - 1) * dil[i] + 1 for i in range(nd)]
+    if nb.attr("output_shape") is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        total = [full[i] - out_sp[i] for i in range(nd)]
+        if auto_pad == "SAME_UPPER":
+            pb = [t // 2 for t in total]
+        else:
+            pb = [t - t // 2 for t in total]
+        pe = [t - b for t, b in zip(total, pb)]
+    elif auto_pad == "VALID":
+        pb, pe = [0] * nd, [0] * nd
+    else:
+        pads = [int(v) for v in (nb.attr("pads") or [0] * (2 * nd))]
+        pb, pe = pads[:nd], pads[nd:]
+    for i in range(nd):
+        if full[i] - pb[i] - pe[i] != out_sp[i]:
+            raise Unsupported(f"ConvTranspose: output size {out_sp[i]} on spatial axis {i} does not match the "
+                              f"attributes (expected {full[i] - pb[i] - pe[i]})")
+    if nd == 1:
+        H, W, KH, KW, OH, OW, SH, SW, DH, DW, PH, PW = 1, xs[2], 1, ks[0], 1, ys[2], 1, strides[0], 1, dil[0], 0, pb[0]
+    else:
+        H, W, KH, KW, OH, OW = xs[2], xs[3], ks[0], ks[1], ys[2], ys[3]
+        (SH, SW), (DH, DW), (PH, PW) = strides, dil, pb
+    if nb.has_input(2) and tuple(nb.shape(2)) != (M,):
+        raise Unsupported(f"ConvTranspose: bias shape {list(nb.shape(2))} != [{M}]")
+    HW, R = H * W, Mg * KH * KW
+    xbuf, wbuf, ybuf = nb.buf(0), nb.buf(1), nb.out_buf(0)
+    col = nb.scratch(Nb * G * R * HW, nb.dev_dtype(dt), "col")
+    gemm_launch(nb, dt, Operand(wbuf, 0, 1, R, 0, Cg * R), Operand(xbuf, 0, HW, 1, C * HW, Cg * HW),
+                Operand(col, 0, HW, 1, G * R * HW, R * HW), R, HW, Cg, Nb, G)
+    has_b = nb.has_input(2)
+    bbuf = nb.buf(2) if has_b else col
+    nb.launch("conv.cl", "col2im", nb.float_defines(dt), (OH, M, Nb), None,
+              [BufRef(col), 0, BufRef(bbuf), 0, BufRef(ybuf), 0, M, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+               1 if has_b else 0], [col] + ([bbuf] if has_b else []), [ybuf])
