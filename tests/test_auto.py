@@ -203,6 +203,15 @@ def test_accelerator_failure_tries_the_next_candidate(core):
     assert cm.wait_helper_released(10)
 
 
+def test_neither_the_accelerator_nor_the_helper_compiles(core):
+    mock(core, 0).set_property({"MOCK_FAIL_COMPILE": True})
+    mock(core, 1).set_property({"MOCK_FAIL_COMPILE": True, "MOCK_DEVICE_TYPE": "cpu"})
+    with pytest.warns(RuntimeWarning, match="MOCK.0 failed to compile"):
+        with pytest.raises(DeviceError, match=r"AUTO:MOCK.0,MOCK.1: neither MOCK.0 nor the helper MOCK.1 compiled "
+                           r"model .*MOCK.1: DeviceError: .*MOCK_FAIL_COMPILE.*; MOCK.0: DeviceError: "):
+            core.compile_model(MODEL, "AUTO:MOCK.0,MOCK.1")
+
+
 def test_cpu_first_or_alone_needs_no_helper(core):
     for device in ("AUTO:CPU,MOCK.0", "AUTO:CPU"):
         cm = core.compile_model(MODEL, device)

@@ -200,9 +200,6 @@ class AutoCompiledModel(ScheduledCompiledModel):
             return self._config.get(key, True)
         return super().get_property(key)
 
-    def release(self) -> None:
-        super().release()
-
 
 def compile_auto(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, Any]) -> ScheduledCompiledModel:
     from ..runtime.core import prepare_graph
@@ -294,9 +291,13 @@ def compile_auto(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, 
         sched.expected_failed()
         bg.join()
         if not sched.priorities:
-            raise DeviceError(f"{parsed.text}: neither {accel} nor the helper {helper} compiled: "
-                              f"{m._failed_compile}") from e
+            detail = "; ".join(f"{k}: {type(x).__name__}: {x}" for k, x in m._failed_compile.items())
+            raise DeviceError(f"{parsed.text}: neither {accel} nor the helper {helper} compiled model "
+                              f"{graph.name!r}: {helper}: {type(e).__name__}: {e}; {detail}") from e
         return m
+    except BaseException:  # a plugin crash: nobody will own the model, so the late accelerator is freed
+        sched.close()
+        raise
     w = worker_count(by_name[helper], None, hcfg)
     with m._swap_lock:  # atomic against the accelerator's arrival
         first = not sched.priorities
@@ -338,7 +339,15 @@ def _warn(who: str, dev: str, e: BaseException, then: str) -> None:
 
 
 def _compile_accelerator(m: AutoCompiledModel, helper: str) -> None:
-    """Background: compile the accelerator (else the next non-helper candidate) and swap to it (steps 4-5)."""
+    """Background: compile the accelerator (else the next non-helper candidate) and swap to it (steps 4-5).
+    The startup phase ends (``wait_ready``) whatever happens here."""
+    try:
+        _swap_to_accelerator(m, helper)
+    finally:
+        m._ready.set()
+
+
+def _swap_to_accelerator(m: AutoCompiledModel, helper: str) -> None:
     st = m._compile_state
     sched = m._sched
     names = [n for n in st["names"] if n != helper]
@@ -346,15 +355,11 @@ def _compile_accelerator(m: AutoCompiledModel, helper: str) -> None:
         dev = st["by_name"][n]
         try:
             dcm = compile_device(dev, st["optimized"], st["acfg"][n], st["original"])
-        except HeteroError as e:
+        except BaseException as e:  # noqa: BLE001 - a crash in a plugin too must not leave requests waiting
             m._failed_compile[n] = e
             nxt = next((k for k in names[names.index(n) + 1:]), None)
             _warn(m._device_name, n, e, f"trying {nxt}" if nxt else f"staying on {helper}")
             m._event(f"{n} failed to compile: {e}")
-            continue
-        except BaseException as e:  # noqa: BLE001 - a crash in a plugin must not leave requests waiting
-            m._failed_compile[n] = e
-            _warn(m._device_name, n, e, f"staying on {helper}")
             continue
         w = worker_count(dev, st["spec_of"][n], st["acfg"][n])
         with m._swap_lock:
@@ -364,14 +369,12 @@ def _compile_accelerator(m: AutoCompiledModel, helper: str) -> None:
             sched.arrived(n, dcm, w, [n], contexts=contexts_of(dcm, w))
             if helper in sched.devices:
                 sched.retire(helper)
-        m._ready.set()
         return
     # 5. nothing compiled: the helper becomes the device
     m._accelerator = helper
     m._helping = False
     m._event(f"no accelerator compiled; staying on {helper}")
     sched.expected_failed()
-    m._ready.set()
 
 
 def _replenish(m: AutoCompiledModel, sched: Scheduler) -> bool:
