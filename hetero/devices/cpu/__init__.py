@@ -10,6 +10,7 @@ import numpy as np
 
 from ...errors import InferError, UnsupportedOpError
 from ...ir import Graph, Node, node_value_inputs
+from ...log import debug
 from ..base import Device, Executable, ProfileRecord
 from . import registry
 from .memory import ALIGN, VIEW_OPS, MemoryPlan, plan as plan_memory
@@ -91,6 +92,8 @@ class CPUDevice(Device):
         exe = CPUExecutable(graph, self.name)
         exe.compile_time = time.perf_counter() - t0
         exe.config = cfg
+        if exe.memory_plan is not None:
+            debug(f"{self.name} {graph.name!r}: memory plan: {exe.memory_plan.describe()}")
         return exe
 
 
