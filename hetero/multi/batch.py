@@ -42,8 +42,8 @@ from ..errors import DeviceStringError, HeteroError, InferError, ModelError
 from ..ir import Graph, TensorInfo
 from ..onnx_import import graph_from_proto
 from ..runtime.compiled import CompiledModel, Port
-from .common import BATCH_KEYS, _Done, check_config, compile_device, contexts_of, debug, device_config, resolve, \
-    with_context
+from .common import BATCH_KEYS, _Done, async_job, check_config, compile_device, contexts_of, debug, device_config, \
+    job_result, resolve, with_context
 from .onnx_export import to_onnx
 from .scheduler import Job
 
@@ -139,8 +139,6 @@ class _Batcher:
         self._closed = False
         self._batches: queue.SimpleQueue = queue.SimpleQueue()
         self.log: collections.deque[int] = collections.deque(maxlen=4096)
-        self.timeouts = 0
-        self._served = 0
         self._thread = threading.Thread(target=self._gatherer, name=f"{name}-batcher", daemon=True)
         self._thread.start()
         ctxs = contexts_of(cm, workers)
@@ -182,7 +180,6 @@ class _Batcher:
                     continue  # re-check: a full batch may have left, or more arrived
                 batch, self._gather = self._gather[:self.n], self._gather[self.n:]
                 self._first_at = time.monotonic()
-                self.timeouts += 1
                 self._batches.put(batch)
 
     def _worker(self, ctx) -> None:
@@ -208,8 +205,6 @@ class _Batcher:
                 j.finish(error=e)
             return
         self.log.append(k)
-        with self._cv:
-            self._served += k
         for i, j in enumerate(batch):
             if j.profile is not None and prof:
                 j.profile.extend(prof)
@@ -247,30 +242,18 @@ class BatchCompiledModel(CompiledModel):
 
     def _execute(self, feeds, profile, context, request):
         if isinstance(context, _Done):
-            job = context.job
-            if job.error is not None:
-                raise job.error
-            if profile is not None and job.profile:
-                profile.extend(job.profile)
-            return job.outputs, job.served_by
+            return job_result(context.job, profile)
         job = Job(dict(feeds), profile)
         self._batcher.submit(job)
         job.wait()
-        if job.error is not None:
-            raise job.error
-        return job.outputs, job.served_by
+        return job_result(job)
 
     def _submit(self, request, body) -> None:
-        prof = [] if self._perf_count else None
-        t0 = time.perf_counter()
-        self._batcher.submit(Job(dict(request._inputs), prof, done=lambda job: body(_Done(job, t0))))
+        self._batcher.submit(async_job(request, body, self._perf_count))
 
     def set_tracer(self, tracer) -> None:
-        base = getattr(super(), "set_tracer", None)
-        if base is not None:
-            base(tracer)
-        if hasattr(self._device_cm, "set_tracer"):
-            self._device_cm.set_tracer(tracer)
+        super().set_tracer(tracer)
+        self._device_cm.set_tracer(tracer)
 
     @property
     def batch_log(self) -> list[int]:

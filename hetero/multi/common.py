@@ -4,7 +4,6 @@ one device, and :class:`ScheduledCompiledModel` (a CompiledModel whose requests 
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import threading
 import time
@@ -175,6 +174,23 @@ class _Done:
         self.submitted_at = submitted_at
 
 
+def async_job(request, body: Callable[[Any], None], perf_count: bool, seq: int = -1) -> Job:
+    """``request``'s inputs as a job whose completion runs the request's ``body`` (its latency counted
+    from now): what ``_submit`` hands to a Scheduler or a batcher."""
+    t0 = time.perf_counter()
+    return Job(dict(request._inputs), [] if perf_count else None, done=lambda job: body(_Done(job, t0)), seq=seq)
+
+
+def job_result(job: Job, profile: list | None = None) -> tuple[dict[str, Any], str]:
+    """(outputs, served_by) of a finished ``job``, raising its error; its profile records go on
+    ``profile`` (an async job's own list; a sync job's list is the caller's already)."""
+    if job.error is not None:
+        raise job.error
+    if profile is not None and job.profile:
+        profile.extend(job.profile)
+    return job.outputs, job.served_by
+
+
 class ScheduledCompiledModel(CompiledModel):
     """A CompiledModel whose inferences are jobs on a Scheduler (MULTI, AUTO).
 
@@ -197,29 +213,17 @@ class ScheduledCompiledModel(CompiledModel):
     # ---- execution -------------------------------------------------------------------------------
     def _execute(self, feeds, profile, context, request):
         if isinstance(context, _Done):
-            job = context.job
-            if job.error is not None:
-                raise job.error
-            if profile is not None and job.profile:
-                profile.extend(job.profile)
-            return job.outputs, job.served_by
+            return job_result(context.job, profile)
         job = Job(dict(feeds), profile, seq=request.request_id if request is not None else -1)
         self._sched.run_here(job)
-        if job.error is not None:
-            raise job.error
-        return job.outputs, job.served_by
+        return job_result(job)
 
     def _submit(self, request, body) -> None:
-        prof = [] if self._perf_count else None
-        t0 = time.perf_counter()
-        self._sched.submit(Job(dict(request._inputs), prof, done=lambda job: body(_Done(job, t0)),
-                               seq=request.request_id))
+        self._sched.submit(async_job(request, body, self._perf_count, request.request_id))
 
     def set_tracer(self, tracer) -> None:
         """HETERO_TRACE_FILE: dispatch instants on this model's track; device models trace their runs."""
-        base = getattr(super(), "set_tracer", None)
-        if base is not None:
-            base(tracer)
+        super().set_tracer(tracer)
         self._sched.set_tracer(tracer)
 
     # ---- properties ------------------------------------------------------------------------------
