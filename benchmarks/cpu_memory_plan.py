@@ -10,7 +10,8 @@ Run by hand (prints tables; no assertions):
 3. Plans of the light models: arena bytes vs the sum of all intermediate tensors, with today's kernels
    (only those declaring ``_out`` get a buffer) and as if every kernel wrote into ``_out``.
 4. Latency of light models with and without the arena, measured interleaved (A, B, A, B, ...) so that
-   drift on a shared machine hits both alike; medians.
+   drift on a shared machine hits both alike; medians. On a loaded machine run it with
+   OPENBLAS_NUM_THREADS=1: BLAS threads spinning against other processes swamp everything else.
 
     python benchmarks/cpu_memory_plan.py
     python benchmarks/cpu_memory_plan.py --models squeezenet,resnet50 --iters 15
@@ -76,7 +77,7 @@ def overhead(n: int, iters: int) -> None:
 
 
 def big_adds(iters: int) -> None:
-    print("2. chain of 20 Adds, with / without the arena (old = memory.MIN_BYTES ignored: all planned)")
+    print("2. chain of 20 Adds, with / without the arena (memory.MIN_BYTES set to 0: every value planned)")
     old = memory.MIN_BYTES
     memory.MIN_BYTES = 0
     try:
@@ -120,8 +121,9 @@ def latency(models: list[str], iters: int) -> None:
         feeds = {p.any_name: np.random.default_rng(0).random(p.shape, dtype=np.float32)}
         ctx = exe.new_context()
         t_plan, t_none = interleaved([lambda: exe.run(feeds, ctx), lambda: exe.run(feeds)], iters)
+        note = "" if ctx is not None else "   (nothing planned: both are the same code path, i.e. the noise)"
         print(f"   {name:12s} arena {t_plan * 1e3:8.1f} ms   no arena {t_none * 1e3:8.1f} ms   "
-              f"({(t_none - t_plan) / t_none:+.1%} saved)")
+              f"arena/no arena {t_plan / t_none:.3f}{note}")
 
 
 def main() -> None:
