@@ -22,6 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..registry import kernel
+from . import parallel
 from .nn import apply_activation
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +187,9 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P):
     if not xs.flags.c_contiguous:
         xs = np.ascontiguousarray(xs)
     if g == 1:
-        np.matmul(w.reshape(M, C), xs.reshape(N, C, P), out=y.reshape(N, M, P))
+        wm, xv, yv = w.reshape(M, C), xs.reshape(N, C, P), y.reshape(N, M, P)
+        for n in range(N):
+            parallel.matmul(wm, xv[n], yv[n])
     else:
         np.matmul(w.reshape(g, M // g, C // g), xs.reshape(N, g, C // g, P),
                   out=y.reshape(N, g, M // g, P))
@@ -293,7 +296,7 @@ def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, b):
             cm = cb.reshape(g, CK, nr * rest)
             o = yv[n, :, :, r0:r1, :].reshape(g, Mg, nr * rest, copy=False)
             if g == 1:
-                np.matmul(wm[0], cm[0], out=o[0])
+                parallel.matmul(wm[0], cm[0], o[0])
             else:
                 np.matmul(wm, cm, out=o)
             if bias is not None:
@@ -388,7 +391,9 @@ def _conv_winograd(x, w, y, b, pb, pe, out_sp):
         V = D.reshape(a, a, C * T)
         np.matmul(_BT32, D1.reshape(a, a, C * T), out=V)            # columns: (B^T d) B
         Y = workspace("wino_y", a * a * M * T, dt).reshape(a * a, M, T)
-        np.matmul(U, V.reshape(a * a, C, T), out=Y)                 # 36 GEMMs (M, C) @ (C, T)
+        Vb = V.reshape(a * a, C, T)                                 # 36 GEMMs (M, C) @ (C, T)
+        parallel.batched(a * a, lambda lo, hi: np.matmul(U[lo:hi], Vb[lo:hi], out=Y[lo:hi]),
+                         M * C * T * 4)
         Z1 = workspace("wino_z1", m * a * M * T, dt).reshape(m, a * M * T)
         np.matmul(_AT32, Y.reshape(a, a * M * T), out=Z1)           # rows:    A^T Y
         Z2 = workspace("wino_z2", m * M * T * m, dt).reshape(m, M * T, m)

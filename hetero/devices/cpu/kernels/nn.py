@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import kernel
+from . import parallel
 
 # --------------------------------------------------------------------------------------------
 # shared helpers (also used by conv.py / pool.py)
@@ -279,7 +280,10 @@ def _gemm(A, B, C, alpha, beta, transA, transB):
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"Gemm expects 2-D A and B, got {A.shape} and {B.shape}")
     dt = np.result_type(A.dtype, B.dtype)
-    y = np.matmul(a, b)
+    if a.dtype == b.dtype and a.dtype.kind == "f" and a.dtype.itemsize >= 4:
+        y = parallel.matmul(a, b, np.empty((a.shape[0], b.shape[1]), a.dtype))
+    else:
+        y = np.matmul(a, b)
     if y.dtype != dt:
         y = y.astype(dt)
     if alpha != 1.0:

@@ -1,0 +1,184 @@
+"""Intra-op parallelism for the CPU kernels: BLAS runs single-threaded, kernels split work themselves.
+
+Why not let OpenBLAS thread its GEMMs: its worker threads busy-wait between calls and each GEMM
+waits for its slowest thread. On a loaded machine (more runnable threads than cores) a descheduled
+worker stalls every GEMM for a scheduler time slice; measured on this 2-core machine at load ~8,
+SqueezeNet took 872 ms with 2 BLAS threads and 123 ms with 1, VGG-19 5950 ms vs 1050 ms. So on import
+this module sets OpenBLAS to one thread (``set_blas_threads``; best effort through ctypes, the way
+threadpoolctl does it) and kernels split big work over a small persistent pool of ``THREADS``
+Python threads that *block* (no spinning) while idle: numpy releases the GIL inside BLAS calls and
+inside ufunc loops / copies on large arrays, so the halves really run at once.
+
+``run(tasks)`` runs zero-argument callables, the first on the calling thread and the others on the
+pool, and returns when all are done (re-raising the first exception). The pool is shared by every
+caller; when another inference stream is using it (THROUGHPUT: streams already fill the cores) the
+tasks simply run one after another on the caller, so streams never oversubscribe the cores.
+
+``HETERO_CPU_THREADS=n`` overrides ``THREADS`` (1 disables the pool).
+
+Traced example: a 1x1 Conv W (256, 64) @ X (64, 3136) is 51 MFLOP (over ``MIN_SPLIT_FLOPS``):
+``matmul`` splits the 3136 columns into [0, 1568) and [1568, 3136); the caller computes the first
+half while the pool thread computes the second, both writing straight into the output.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+
+import numpy as np
+
+#: threads one kernel may use (the caller plus THREADS - 1 pool threads)
+THREADS = max(1, int(os.environ.get("HETERO_CPU_THREADS", "0") or 0) or (os.cpu_count() or 1))
+#: below this many multiply-adds a GEMM is not split (the hand-off costs ~20-50 us)
+MIN_SPLIT_FLOPS = 4_000_000
+#: below this many elements an elementwise pass is not split
+MIN_SPLIT_ELEMS = 1 << 16
+
+
+# ---- BLAS threads -------------------------------------------------------------------------------------
+
+def _blas_setters():
+    """ctypes functions that set OpenBLAS's thread count, for the OpenBLAS numpy was built with."""
+    libs = []
+    here = os.path.dirname(np.__file__)
+    for pat in ("../numpy.libs/*openblas*", ".libs/*openblas*", "../scipy_openblas*/lib/*.so*"):
+        libs += glob.glob(os.path.join(here, pat))
+    try:  # a system OpenBLAS numpy links against dynamically
+        with open("/proc/self/maps") as f:
+            libs += sorted({ln.split()[-1] for ln in f if "openblas" in ln and ".so" in ln})
+    except OSError:
+        pass
+    found = []
+    for lib in dict.fromkeys(libs):
+        try:
+            handle = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                    "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(handle, sym, None)
+            if fn is not None:
+                found.append(fn)
+                break
+    return found
+
+
+_SETTERS = _blas_setters()
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count; False when no OpenBLAS was found (nothing changed)."""
+    for fn in _SETTERS:
+        fn(int(n))
+    return bool(_SETTERS)
+
+
+BLAS_SINGLE = set_blas_threads(1) if THREADS >= 1 else False
+
+
+# ---- the pool --------------------------------------------------------------------------------------------
+
+class _Pool:
+    """THREADS - 1 daemon workers, each blocking on its own queue; one user at a time (``busy``)."""
+
+    def __init__(self, n: int):
+        import queue
+
+        self.busy = threading.Lock()
+        self.queues = []
+        for i in range(n):
+            q: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(target=self._work, args=(q,), name=f"hetero-cpu-kernel-{i}", daemon=True).start()
+            self.queues.append(q)
+
+    @staticmethod
+    def _work(q):
+        while True:
+            fn, box, done = q.get()
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box.append(e)
+            done.release()
+
+
+_pool: _Pool | None = None
+_pool_lock = threading.Lock()
+
+
+def _get_pool() -> _Pool | None:
+    global _pool
+    if THREADS <= 1:
+        return None
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = _Pool(THREADS - 1)
+    return _pool
+
+
+def run(tasks) -> None:
+    """Run the callables in ``tasks`` (at most THREADS of them at once) and wait for all."""
+    tasks = list(tasks)
+    if len(tasks) <= 1:
+        for t in tasks:
+            t()
+        return
+    pool = _get_pool()
+    if pool is None or not pool.busy.acquire(blocking=False):
+        for t in tasks:
+            t()
+        return
+    try:
+        for i in range(0, len(tasks), THREADS):
+            batch = tasks[i:i + THREADS]
+            box: list = []
+            done = threading.Semaphore(0)
+            for q, t in zip(pool.queues, batch[1:]):
+                q.put((t, box, done))
+            err = None
+            try:
+                batch[0]()
+            except BaseException as e:  # noqa: BLE001 - still wait for the workers
+                err = e
+            for _ in batch[1:]:
+                done.acquire()
+            if err is not None:
+                raise err
+            if box:
+                raise box[0]
+    finally:
+        pool.busy.release()
+
+
+def split(n: int, parts: int | None = None) -> list[tuple[int, int]]:
+    """[lo, hi) ranges cutting range(n) into ``parts`` (default THREADS) near-equal pieces."""
+    parts = max(1, min(n, parts or THREADS))
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` for 2-D ``a`` (M, K), ``b`` (K, N): split over the longer of M and
+    N when the product is big enough to pay for the hand-off."""
+    M, K = a.shape
+    N = b.shape[1]
+    if THREADS <= 1 or M * K * N < MIN_SPLIT_FLOPS:
+        return np.matmul(a, b, out=out)
+    if N >= M:
+        parts = split(N)
+        run([(lambda lo=lo, hi=hi: np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])) for lo, hi in parts])
+    else:
+        parts = split(M)
+        run([(lambda lo=lo, hi=hi: np.matmul(a[lo:hi], b, out=out[lo:hi])) for lo, hi in parts])
+    return out
+
+
+def batched(n: int, fn, work: int) -> None:
+    """Call ``fn(lo, hi)`` over range(n) split across the pool when ``work`` (a rough count of
+    elements touched) is at least MIN_SPLIT_ELEMS, else once as ``fn(0, n)``."""
+    if THREADS <= 1 or n < 2 or work < MIN_SPLIT_ELEMS:
+        fn(0, n)
+        return
+    run([(lambda lo=lo, hi=hi: fn(lo, hi)) for lo, hi in split(n)])
