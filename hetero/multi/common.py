@@ -11,11 +11,12 @@ from typing import Any, Callable, Mapping
 
 from .. import properties as P
 from ..devices.base import Device
-from ..devices.registry import DeviceSpec, ParsedDevice, parse, parse_single
-from ..errors import DeviceError, DeviceStringError, HeteroError, PropertyError, suggest
+from ..devices.registry import DeviceSpec, ParsedDevice, parse
+from ..errors import DeviceStringError, HeteroError, PropertyError
 from ..ir import Graph
 from ..runtime.compiled import CompiledModel
-from ..runtime.hetero import FORWARD_KEYS  # properties forwarded to every device that accepts them
+# shared with HETERO: the properties forwarded to every device, config checks, device lookup, names
+from ..runtime.hetero import FORWARD_KEYS, canon, check_config, resolve  # noqa: F401 - re-exported
 from .scheduler import Job, Scheduler
 
 MULTI_KEYS = ("MULTI_DEVICE_PRIORITIES", "SCHEDULE_POLICY", "ENABLE_RUNTIME_FALLBACK", "DEVICE_PROPERTIES")
@@ -31,20 +32,6 @@ def debug(msg: str) -> None:
         print(f"[hetero] {msg}", file=sys.stderr)
 
 
-def check_config(config: Mapping[str, Any], own: tuple[str, ...], who: str) -> dict[str, Any]:
-    """Validate ``config`` for a virtual device accepting ``own`` + FORWARD_KEYS."""
-    accepted = own + FORWARD_KEYS
-    out = {}
-    for k, v in config.items():
-        if k not in P.SPECS:
-            raise PropertyError(f"unknown property for {who}: " + suggest(k, accepted))
-        if k not in accepted:
-            raise PropertyError(f"property {k!r} is not accepted by {who}; it accepts {sorted(accepted)} "
-                                "(device-specific keys go in DEVICE_PROPERTIES={device: {...}})")
-        out[k] = P.validate(k, v)
-    return out
-
-
 def device_items(parsed: ParsedDevice, cfg: Mapping[str, Any], who: str) -> tuple[DeviceSpec, ...]:
     """The device list from the device string or MULTI_DEVICE_PRIORITIES (they must agree if both)."""
     items = tuple(i for i in parsed.items if not i.exclude)
@@ -56,38 +43,6 @@ def device_items(parsed: ParsedDevice, cfg: Mapping[str, Any], who: str) -> tupl
                                     f"MULTI_DEVICE_PRIORITIES says {prop!r}; give one or make them agree")
         items = tuple(i for i in listed.items if not i.exclude)
     return items
-
-
-def resolve(core, items, text: str) -> list[tuple[Device, DeviceSpec]]:
-    """Plugins for ``items``; an unknown device or one listed twice is a DeviceStringError."""
-    out: list[tuple[Device, DeviceSpec]] = []
-    for it in items:
-        try:
-            dev = core._registry.get(it, text)
-        except DeviceStringError:
-            raise
-        except DeviceError:
-            avail = core._registry.available(include_mock=True)
-            raise DeviceStringError(f"device string {text!r}: unknown device {str(it)!r}; available devices: "
-                                    f"{avail}") from None
-        if any(d.name == dev.name for d, _ in out):
-            raise DeviceStringError(f"device string {text!r}: {str(it)!r} names {dev.name}, which is already "
-                                    "in the list")
-        out.append((dev, it))
-    return out
-
-
-def canon(core, token: Any, names: list[str], where: str) -> str:
-    """A user's device token ("GPU", "gpu.0") as one of ``names`` ("GPU.0")."""
-    try:
-        spec = parse_single(str(token), str(token))
-    except DeviceStringError:
-        raise PropertyError(f"{where}: {token!r} is not a device name; the list is {names}") from None
-    for n in names:
-        fam, _, idx = n.partition(".")
-        if n == spec.name or (spec.index is None and fam == spec.family and idx in ("", "0")):
-            return n
-    raise PropertyError(f"{where}: device {token!r} is not in the device list {names}")
 
 
 def device_hint(hint: str) -> str:
@@ -102,7 +57,7 @@ def device_config(core, dev: Device, cfg: Mapping[str, Any], names: list[str],
     if "PERFORMANCE_HINT" in base:
         base["PERFORMANCE_HINT"] = device_hint(base["PERFORMANCE_HINT"])
     for token, props in (cfg.get("DEVICE_PROPERTIES") or {}).items():
-        if canon(core, token, names, "DEVICE_PROPERTIES") == dev.name:
+        if canon(token, names, "DEVICE_PROPERTIES") == dev.name:
             if not isinstance(props, Mapping):
                 raise PropertyError(f"DEVICE_PROPERTIES[{token!r}]: expected a dict of properties, got {props!r}")
             base.update(props)
@@ -284,7 +239,7 @@ class ScheduledCompiledModel(CompiledModel):
             raise PropertyError(f"MULTI_DEVICE_PRIORITIES={text!r}: {e}") from None
         names = []
         for it in parsed.items:
-            name = canon(self._core, str(DeviceSpec(it.family, it.index)), compiled, "MULTI_DEVICE_PRIORITIES")
+            name = canon(str(DeviceSpec(it.family, it.index)), compiled, "MULTI_DEVICE_PRIORITIES")
             if it.nreq is not None and self._sched.workers()[name] != it.nreq:
                 raise PropertyError(f"MULTI_DEVICE_PRIORITIES={text!r}: {name} was compiled with "
                                     f"{self._sched.workers()[name]} worker request(s); its count cannot change "

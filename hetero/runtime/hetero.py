@@ -35,7 +35,7 @@ from ..affinity import Assignment, Costs, DeviceProfile, assign, estimate_costs,
 from ..affinity.assign import fused_originals
 from ..affinity.rules import Rule
 from ..devices.base import Device, ProfileRecord
-from ..devices.registry import ParsedDevice, parse, parse_single
+from ..devices.registry import DeviceSpec, ParsedDevice, parse, parse_single
 from ..log import debug_level
 from ..errors import DeviceError, DeviceStringError, HeteroError, InferError, PropertyError, \
     UnsupportedOpError, suggest
@@ -65,7 +65,56 @@ class QueryResult(dict):
     optimized_out: list[str]
 
 
-# ---- 1-2. devices and properties ------------------------------------------------------------------
+# ---- 1-2. devices and properties (the generic pieces are shared with MULTI, AUTO and BATCH) ----------
+
+def check_config(config: Mapping[str, Any], own: tuple[str, ...], who: str) -> dict[str, Any]:
+    """Validate ``config`` for a virtual device ``who`` accepting ``own`` + FORWARD_KEYS."""
+    accepted = own + FORWARD_KEYS
+    out = {}
+    for k, v in config.items():
+        if k not in P.SPECS:
+            raise PropertyError(f"unknown property for {who}: " + suggest(k, accepted))
+        if k not in accepted:
+            raise PropertyError(f"property {k!r} is not accepted by {who}; it accepts {sorted(accepted)} "
+                                "(device-specific keys go in DEVICE_PROPERTIES={device: {...}})")
+        out[k] = P.validate(k, v)
+    return out
+
+
+def resolve(core, items, text: str) -> list[tuple[Device, DeviceSpec]]:
+    """Plugins for the device-string ``items`` of ``text``; an unknown device or one listed twice is a
+    DeviceStringError naming it."""
+    out: list[tuple[Device, DeviceSpec]] = []
+    for it in items:
+        try:
+            dev = core._registry.get(it, text)
+        except DeviceStringError:
+            raise
+        except DeviceError:
+            avail = core._registry.available(include_mock=True)
+            raise DeviceStringError(f"device string {text!r}: unknown device {str(it)!r}; available devices: "
+                                    f"{avail}") from None
+        if any(d.name == dev.name for d, _ in out):
+            raise DeviceStringError(f"device string {text!r}: {str(it)!r} names {dev.name}, which is already "
+                                    "in the list")
+        out.append((dev, it))
+    return out
+
+
+def canon(token: Any, names: list[str], where: str, who: str = "") -> str:
+    """A user's device token ("GPU", "gpu.0") as one of the listed ``names`` ("GPU.0"); ``who``
+    ("HETERO") names the list in the error."""
+    listed = f"the {who + ' ' if who else ''}device list {names}"
+    try:
+        spec = parse_single(str(token), str(token))
+    except DeviceStringError:
+        raise PropertyError(f"{where}: {token!r} is not a device name; {listed}") from None
+    for n in names:
+        fam, _, idx = n.partition(".")
+        if n == spec.name or (spec.index is None and fam == spec.family and idx in ("", "0")):
+            return n
+    raise PropertyError(f"{where}: device {token!r} is not in {listed}")
+
 
 def _resolve_devices(core, parsed: ParsedDevice, cfg: Mapping[str, Any]) -> list[Device]:
     items = parsed.items
@@ -80,51 +129,15 @@ def _resolve_devices(core, parsed: ParsedDevice, cfg: Mapping[str, Any]) -> list
     if not items:
         raise DeviceStringError(f"device string {text!r}: HETERO needs a device list, e.g. 'HETERO:GPU,CPU' "
                                 "or the MULTI_DEVICE_PRIORITIES property")
-    devices: list[Device] = []
     for it in items:
         if it.nreq is not None:
             raise DeviceStringError(f"device string {text!r}: {str(it)!r}: a request count means nothing "
                                     "inside HETERO (it is for MULTI)")
-        try:
-            dev = core._registry.get(it, text)
-        except DeviceStringError:
-            raise
-        except DeviceError:
-            avail = core._registry.available(include_mock=True)
-            raise DeviceStringError(f"device string {text!r}: unknown device {str(it)!r}; available devices: "
-                                    f"{avail}") from None
-        if any(d.name == dev.name for d in devices):
-            raise DeviceStringError(f"device string {text!r}: {str(it)!r} names {dev.name}, which is already "
-                                    "in the list")
-        devices.append(dev)
-    return devices
+    return [d for d, _ in resolve(core, items, text)]
 
 
 def _canon(token: Any, devices: list[Device], where: str) -> str:
-    """A user's device token ("GPU", "gpu.0") as the listed device's name ("GPU.0")."""
-    names = [d.name for d in devices]
-    try:
-        spec = parse_single(str(token), str(token))
-    except DeviceStringError:
-        raise PropertyError(f"{where}: {token!r} is not a device name; HETERO lists {names}") from None
-    for n in names:
-        fam, _, idx = n.partition(".")
-        if n == spec.name or (spec.index is None and fam == spec.family and idx in ("", "0")):
-            return n
-    raise PropertyError(f"{where}: device {token!r} is not in the HETERO device list {names}")
-
-
-def _check_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    accepted = HETERO_KEYS + FORWARD_KEYS
-    out = {}
-    for k, v in config.items():
-        if k not in P.SPECS:
-            raise PropertyError("unknown property for HETERO: " + suggest(k, accepted))
-        if k not in accepted:
-            raise PropertyError(f"property {k!r} is not accepted by HETERO; it accepts {sorted(accepted)} "
-                                "(device-specific keys go in DEVICE_PROPERTIES={device: {...}})")
-        out[k] = P.validate(k, v)
-    return out
+    return canon(token, [d.name for d in devices], where, "HETERO")
 
 
 def _device_configs(cfg: Mapping[str, Any], devices: list[Device]) -> dict[str, dict[str, Any]]:
@@ -365,7 +378,7 @@ def _place(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, Any], 
            refused: Mapping[str, Mapping[str, str]] | None = None):
     """Validate, resolve devices, query them and assign. ``refused``: {device: {node: reason}} for
     nodes a device's compile turned down although its query accepted them."""
-    cfg = _check_config(config)
+    cfg = check_config(config, HETERO_KEYS, "HETERO")
     devices = _resolve_devices(core, parsed, cfg)
     dev_cfgs = _device_configs(cfg, devices)
     manual, rules = _placement_inputs(cfg, devices)
