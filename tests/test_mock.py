@@ -143,6 +143,27 @@ def test_cache_dir_marker(core, tmp_path):
     np.testing.assert_allclose(second(sample(1))[0], reference(sample(1)), rtol=1e-5)
 
 
+def test_cache_key_covers_attribute_values(core):
+    """Softmax(axis=-1) and Softmax(axis=0) are different models: one's marker must not serve the other."""
+    import dataclasses
+
+    from hetero.devices.mock import graph_fingerprint
+
+    graph = prepare_graph(core.read_model(MODEL))
+    nodes = tuple(dataclasses.replace(n, attrs={**n.attrs, "axis": 0}) if n.op_type == "Softmax" else n
+                  for n in graph.nodes)
+    other = dataclasses.replace(graph, nodes=nodes)
+    assert graph_fingerprint(graph) == graph_fingerprint(prepare_graph(core.read_model(MODEL)))
+    assert graph_fingerprint(other) != graph_fingerprint(graph)
+
+
+def test_bad_number_names_the_accepted_range(core):
+    with pytest.raises(PropertyError, match=r"MOCK_FAIL_PROBABILITY: expected a number in \[0, 1\], got 2"):
+        mock(core, 0).set_property({"MOCK_FAIL_PROBABILITY": 2})
+    with pytest.raises(PropertyError, match="MOCK_LATENCY_MS: expected a number >= 0, got -1"):
+        mock(core, 0).set_property({"MOCK_LATENCY_MS": -1})
+
+
 def test_infer_error_from_bad_data_names_the_mock(core):
     cm = core.compile_model(MODEL, "MOCK.0")
     with pytest.raises(InferError, match="expected shape"):

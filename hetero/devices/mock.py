@@ -44,6 +44,8 @@ import threading
 import time
 from typing import Any, Mapping
 
+import numpy as np
+
 from .. import properties as P
 from ..errors import DeviceError, UnsupportedOpError
 from ..ir import Graph
@@ -87,7 +89,8 @@ def _norm(key: str, value: Any) -> Any:
         except (TypeError, ValueError):
             raise P.PropertyError(f"property {key}: expected a number, got {value!r}") from None
         if v < 0 or (key == "MOCK_FAIL_PROBABILITY" and v > 1):
-            raise P.PropertyError(f"property {key}: expected a number in range, got {value!r}")
+            rng = "in [0, 1]" if key == "MOCK_FAIL_PROBABILITY" else ">= 0"
+            raise P.PropertyError(f"property {key}: expected a number {rng}, got {value!r}")
         return v
     return P.validate(key, value)
 
@@ -134,6 +137,7 @@ class MockDevice(Device):
         super().set_property(rest)
         with self._lock:
             self._config.update(mock)
+        with self._count_lock:  # the lock _tick counts and rolls under
             if "MOCK_SEED" in mock:
                 self._rng = random.Random(mock["MOCK_SEED"])
             if "MOCK_FAIL_AFTER" in mock or "MOCK_FAIL_PROBABILITY" in mock:
@@ -152,6 +156,7 @@ class MockDevice(Device):
             self._config = P.defaults(Device.settable)
             self._config.update({k: P.SPECS[k].default for k in MOCK_KEYS})
             self._config["MOCK_SUPPORTED_OPS"] = "*"
+        with self._count_lock:
             self._count = 0
             self._rng = random.Random(0)
             self.inferences = 0
@@ -275,11 +280,23 @@ class MockExecutable(Executable):
         return out
 
 
+def _attr_key(v: Any) -> Any:
+    """An attribute value as something with a stable repr (tensors by content, subgraphs by fingerprint)."""
+    if isinstance(v, Graph):
+        return graph_fingerprint(v)
+    if isinstance(v, np.ndarray):
+        return (str(v.dtype), v.shape, hashlib.sha256(v.tobytes()).hexdigest() if v.dtype != object else repr(v))
+    if isinstance(v, (list, tuple)):
+        return tuple(_attr_key(x) for x in v)
+    return v
+
+
 def graph_fingerprint(graph: Graph) -> str:
     """A short stable hash of a graph's structure and weights (the CACHE_DIR key)."""
     h = hashlib.sha256(graph.name.encode())
     for n in graph.nodes:
-        h.update(repr((n.name, n.op_type, n.domain, n.inputs, n.outputs, sorted(map(str, n.attrs)))).encode())
+        attrs = sorted((k, _attr_key(v)) for k, v in n.attrs.items())  # values too: a different kernel
+        h.update(repr((n.name, n.op_type, n.domain, n.inputs, n.outputs, attrs)).encode())  # size is another model
     for t in graph.inputs + graph.outputs:
         h.update(t.describe().encode() + t.name.encode())
     for k in sorted(graph.initializers):
