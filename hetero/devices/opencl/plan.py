@@ -519,6 +519,10 @@ def _host_eval(node: Node, vals: list[np.ndarray | None], st: PlanState) -> list
             return [np.concatenate(vals, axis=int(a["axis"]))]
         if op == "Gather":
             return [np.take(x, vals[1].astype(np.int64), axis=int(a.get("axis", 0)))]
+        if op == "Range":
+            start, limit, delta = (np.asarray(v).ravel()[0] for v in vals[:3])
+            n = max(int(np.ceil((limit - start) / delta)), 0)
+            return [(start + np.arange(n) * delta).astype(np.asarray(vals[0]).dtype)]
         if op in ("Add", "Sub", "Mul") and x.dtype.kind == "i" and vals[1].dtype == x.dtype:
             f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op]
             return [f(x, vals[1]).astype(x.dtype)]

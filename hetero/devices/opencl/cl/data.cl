@@ -112,3 +112,37 @@ __kernel void resize(__global T* Y, int y_off, __global const T* X, int x_off,
     }
 }
 #endif
+
+// GatherElements: Y[i] = X[i with axis index replaced by idx[i]] over the output's (= idx's) 6-D space.
+__kernel void gather_elements(__global ELEM* Y, int y_off, __global const ELEM* X, int x_off,
+                              __global const IDX_T* idx, int idx_off, int d1, int d2, int d3, int d4, int d5,
+                              int xs0, int xs1, int xs2, int xs3, int xs4, int xs5, int axis, int axis_dim) {
+    int r = (int)get_global_id(0);
+    const int i4 = r % d4; r /= d4;
+    const int i3 = r % d3; r /= d3;
+    const int i2 = r % d2; r /= d2;
+    const int i1 = r % d1;
+    const int i0 = r / d1;
+    const int ii[5] = {i0, i1, i2, i3, i4};
+    const int xsa[6] = {xs0, xs1, xs2, xs3, xs4, xs5};
+    const int base = x_off + i0 * xs0 + i1 * xs1 + i2 * xs2 + i3 * xs3 + i4 * xs4;
+    const int yb = (int)get_global_id(0) * d5;
+    for (int j = 0; j < d5; ++j) {
+        long k = idx[idx_off + yb + j];
+        if (k < 0) k += axis_dim;
+        k = k < 0 ? 0 : (k >= axis_dim ? axis_dim - 1 : k);
+        const int cur = axis < 5 ? ii[axis] : j;
+        Y[y_off + yb + j] = X[base + j * xs5 + ((int)k - cur) * xsa[axis]];
+    }
+}
+
+// Trilu over the last two axes: keep element (r, c) when c - r >= k (upper) / c - r <= k (lower).
+__kernel void trilu(__global ELEM* Y, int y_off, __global const ELEM* X, int x_off, int rows, int cols, int k, int upper) {
+    const int r = (int)get_global_id(0);
+    const int b = (int)get_global_id(1);
+    const int base = (b * rows + r) * cols;
+    for (int c = 0; c < cols; ++c) {
+        const bool keep = upper ? (c - r >= k) : (c - r <= k);
+        Y[y_off + base + c] = keep ? X[x_off + base + c] : (ELEM)0;
+    }
+}

@@ -5,7 +5,8 @@
 // lrn        local response normalisation across channels of (N, C, inner).
 // rownorm    LayerNormalization / InstanceNormalization over rows of length R: y = (x - mean) / sqrt(var
 //            + eps) * scale + bias. scale/bias index = r * s_stride, or (o % per_outer) when per_outer > 0
-//            (InstanceNormalization's per-channel parameters). flags: 1 = has bias.
+//            (InstanceNormalization's per-channel parameters). flags: 1 = has bias, 2 / 4 = write the
+//            row mean / inverse standard deviation (LayerNormalization's optional outputs).
 
 __kernel void batchnorm(__global const T* X, int x_off, __global T* Y, int y_off,
                         __global const T* scale, int s_off, __global const T* B, int b_off,
@@ -41,7 +42,7 @@ __kernel void lrn(__global const T* X, int x_off, __global T* Y, int y_off, int 
 
 __kernel void rownorm(__global const T* X, int x_off, __global T* Y, int y_off,
                       __global const T* scale, int s_off, int s_stride, __global const T* B, int b_off, int b_stride,
-                      int R, int per_outer, float eps, int flags) {
+                      int R, int per_outer, float eps, int flags, __global T* Mean, __global T* InvStd) {
     const int o = (int)get_global_id(0);
     const int base = o * R;
     float mean = 0.0f;
@@ -51,6 +52,8 @@ __kernel void rownorm(__global const T* X, int x_off, __global T* Y, int y_off,
     for (int r = 0; r < R; ++r) { const float d = LD(X, x_off + base + r) - mean; var += d * d; }
     var /= (float)R;
     const float inv = 1.0f / sqrt(var + eps);
+    if (flags & 2) ST(Mean, o, mean);
+    if (flags & 4) ST(InvStd, o, inv);
     const int pc = per_outer > 0 ? o % per_outer : 0;
     for (int r = 0; r < R; ++r) {
         const int si = per_outer > 0 ? pc : r * s_stride;

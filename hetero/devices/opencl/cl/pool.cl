@@ -1,13 +1,13 @@
 // pool.cl: 2-D max / average pooling over (N*C, H, W) planes.
 //
 // One work-item per (oy, plane), looping over ox. Window start = o*S - P_begin, taps at start + k*D.
-// mode 0: max (taps in padding are skipped); mode 1: average counting taps inside the padded extent
+// mode 3: Lp norm of the taps (padding contributes 0). mode 0: max (taps in padding are skipped); mode 1: average counting taps inside the padded extent
 // [-P_begin, size + P_end) (count_include_pad=1); mode 2: average over taps inside the input only.
 // A window with no valid tap gives -inf (max) / 0 (average), as onnx.reference does.
 
 __kernel void pool2d(__global const T* X, int x_off, __global T* Y, int y_off,
                      int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int PHE, int PWE,
-                     int DH, int DW, int OH, int OW, int mode) {
+                     int DH, int DW, int OH, int OW, int mode, float lp) {
     const int oy = (int)get_global_id(0);
     const int p = (int)get_global_id(1);
     const int xb = x_off + p * H * W;
@@ -36,11 +36,13 @@ __kernel void pool2d(__global const T* X, int x_off, __global T* Y, int y_off,
                 if (ix < 0 || ix >= W) continue;
                 const float v = LD(X, xb + iy * W + ix);
                 if (mode == 0) acc = (v > acc || isnan(v)) ? v : acc;
+                else if (mode == 3) acc += pow(fabs(v), lp);
                 else acc += v;
             }
         }
         if (mode == 1) acc = acc / (float)(hcnt_pad * wcnt_pad);
         else if (mode == 2) acc = (hcnt * wcnt) > 0 ? acc / (float)(hcnt * wcnt) : 0.0f;
+        else if (mode == 3) acc = pow(acc, 1.0f / lp);
         ST(Y, yb + ox, acc);
     }
 }

@@ -70,3 +70,18 @@ __kernel void softmax(__global const T* X, int x_off, __global T* Y, int y_off, 
         for (int r = 0; r < R; ++r) ST(Y, y_off + base + r * inner, exp(LD(X, x_off + base + r * inner) - mx) * inv);
     }
 }
+
+// CumSum along the middle axis of (outer, R, inner); exclusive / reverse as in ONNX.
+__kernel void cumsum(__global const T* X, int x_off, __global T* Y, int y_off, int R, int inner, int exclusive,
+                     int reverse) {
+    const int i = (int)get_global_id(0);
+    const int o = (int)get_global_id(1);
+    const int base = o * R * inner + i;
+    float acc = 0.0f;
+    for (int t = 0; t < R; ++t) {
+        const int r = reverse ? R - 1 - t : t;
+        const float v = LD(X, x_off + base + r * inner);
+        if (exclusive) { ST(Y, y_off + base + r * inner, acc); acc += v; }
+        else { acc += v; ST(Y, y_off + base + r * inner, acc); }
+    }
+}

@@ -494,3 +494,44 @@ def plan_resize(nb: NodeBuilder) -> None:
         taps4 + [extrap]
     nb.launch("data.cl", "resize", nb.float_defines(dt) + ["WITH_RESIZE"], (prod(oshape4[:3]),), None, args,
               [nb.buf(0), ib, wb], [nb.out_buf(0)])
+
+
+@planner("GatherElements")
+def plan_gather_elements(nb: NodeBuilder) -> None:
+    size = _itemsize(nb)
+    shape, ishape = nb.shape(0), nb.shape(1)
+    r = len(shape)
+    if r > 6 or len(ishape) != r:
+        raise Unsupported(f"GatherElements: rank {r}")
+    idt = nb.dtype(1)
+    if idt not in (np.dtype(np.int64), np.dtype(np.int32)):
+        raise Unsupported(f"GatherElements: indices {idt} not supported")
+    axis = int(nb.attr("axis", 0)) % r
+    pad = 6 - r
+    dims = [1] * pad + list(ishape)
+    xs = [0] * pad + contiguous_strides(shape)
+    args = [BufRef(nb.out_buf(0)), 0, BufRef(nb.buf(0)), 0, BufRef(nb.buf(1)), 0] + dims[1:] + xs + \
+        [axis + pad, shape[axis]]
+    defines = nb.base_defines() + [("ELEM", ELEM_BY_SIZE[size]), ("IDX_T", "long" if idt == np.int64 else "int")]
+    nb.launch("data.cl", "gather_elements", defines, (prod(dims[:5]),), None, args, [nb.buf(0), nb.buf(1)],
+              [nb.out_buf(0)])
+
+
+@planner("Trilu")
+def plan_trilu(nb: NodeBuilder) -> None:
+    size = _itemsize(nb)
+    shape = nb.shape(0)
+    if len(shape) < 2:
+        raise Unsupported("Trilu: rank below 2")
+    k = int(np.asarray(nb.require_host(1, "k")).ravel()[0]) if nb.has_input(1) else 0
+    k = max(min(k, 2**31 - 1), -2**31 + 1)
+    rows, cols = shape[-2], shape[-1]
+    nb.launch("data.cl", "trilu", nb.base_defines() + [("ELEM", ELEM_BY_SIZE[size])], (rows, prod(shape[:-2])), None,
+              [BufRef(nb.out_buf(0)), 0, BufRef(nb.buf(0)), 0, rows, cols, k, int(nb.attr("upper", 1))],
+              [nb.buf(0)], [nb.out_buf(0)])
+
+
+@planner("Shape", "Size")
+def plan_shape(nb: NodeBuilder) -> None:
+    # static shapes are answered on the host at plan time (plan.py); reaching here means they are not
+    raise Unsupported(f"{nb.op}: input shape is not static")

@@ -44,6 +44,22 @@ def _gelu(nb: NodeBuilder) -> str:
     return "0.5f*x*(1.0f+erf(x*0.7071067811865476f))"
 
 
+def _mod_int(nb: NodeBuilder) -> str:
+    # C's % truncates (ONNX fmod=1); fmod=0 takes the divisor's sign (Python). x % 0 -> 0, never a trap.
+    if int(nb.attr("fmod", 0)):
+        return "(y==0?0:x%y)"
+    return "(y==0?0:((x%y!=0&&((x<0)!=(y<0)))?x%y+y:x%y))"
+
+
+def _bitshift(nb: NodeBuilder) -> str:
+    d = nb.attr("direction")
+    d = d.decode() if isinstance(d, bytes) else d
+    if d not in ("LEFT", "RIGHT"):
+        raise Unsupported(f"BitShift: direction {d!r}")
+    # shifting by the type width or more is undefined in C; numpy gives 0
+    return "(y>=sizeof(x)*8?0:(x<<y))" if d == "LEFT" else "(y>=sizeof(x)*8?0:(x>>y))"
+
+
 F = "f"
 _MAXF = "((x>y||isnan(x))?x:y)"
 _MINF = "((x<y||isnan(x))?x:y)"
@@ -56,7 +72,8 @@ TABLE: dict[str, EW] = {r.op: r for r in [
     EW("Div", 2, {"f": "x/y"}),
     EW("Pow", 2, {"f": "pow(x,y)"}),
     EW("PRelu", 2, {"f": "(x<0.0f?x*y:x)"}),
-    EW("Mod", 2, {"f": "fmod(x,y)"}),
+    EW("Mod", 2, {"f": "fmod(x,y)", "i": _mod_int}),
+    EW("BitShift", 2, {"u": _bitshift}),
     # variadic
     EW("Sum", -1, {"f": "x+y", "i": "x+y"}),
     EW("Mean", -1, {"f": "x+y"}),
@@ -121,13 +138,14 @@ INT_CT = {np.dtype(np.int8): "int", np.dtype(np.int16): "int", np.dtype(np.int32
 
 
 def kind_of(dtype: np.dtype) -> str:
+    """f (float32/16), b (bool), i (signed ints), u (unsigned ints: also accepted where "i" is)."""
     dtype = np.dtype(dtype)
     if dtype in FLOATS:
         return "f"
     if dtype == np.bool_:
         return "b"
     if dtype in INT_CT:
-        return "i"
+        return "u" if dtype.kind == "u" else "i"
     return "?"
 
 
@@ -213,6 +231,8 @@ def _kinds_check(nb: NodeBuilder, row: EW, dtypes: list[np.dtype]) -> str:
     if len(set(dtypes)) > 1:
         raise Unsupported(f"{nb.op}: mixed element types {sorted(map(str, set(dtypes)))} not supported")
     k = kind_of(dtypes[0])
+    if k == "u" and k not in row.expr:
+        k = "i"  # unsigned integers use the integer row
     if k not in row.expr:
         raise Unsupported(f"{nb.op}: {dtypes[0]} not supported")
     return k
@@ -221,8 +241,8 @@ def _kinds_check(nb: NodeBuilder, row: EW, dtypes: list[np.dtype]) -> str:
 @planner(*TABLE)
 def plan_elementwise(nb: NodeBuilder) -> None:
     row = TABLE[nb.op]
-    if nb.op == "Mod" and int(nb.attr("fmod", 0)) != 1:
-        raise Unsupported("Mod: fmod=0 not supported")
+    if nb.op == "Mod" and int(nb.attr("fmod", 0)) != 1 and kind_of(nb.dtype(0)) == "f":
+        raise Unsupported("Mod: fmod=0 on floats (ONNX requires fmod=1)")
     n = nb.n_in
     idx = [i for i in range(n) if nb.has_input(i)]
     if row.arity > 0 and len(idx) != row.arity:
@@ -286,7 +306,7 @@ def plan_where(nb: NodeBuilder) -> None:
     if dts[0] != dts[1]:
         raise Unsupported("Where: mixed element types")
     k = kind_of(dts[0])
-    if k not in "fi":
+    if k not in "fiu":
         raise Unsupported(f"Where: {dts[0]} not supported")
     ct = compute_type(dts[0])
     ins = [(nb.buf(i), nb.shape(i), nb.dev_dtype(nb.dtype(i))) for i in range(3)]

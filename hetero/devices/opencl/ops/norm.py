@@ -58,9 +58,7 @@ def _param_stride(nb: NodeBuilder, i: int, norm_shape) -> int:
 
 @planner("LayerNormalization")
 def plan_layernorm(nb: NodeBuilder) -> None:
-    dt = nb.require_float(0, 1, 2)
-    if nb.has_output(1) or nb.has_output(2):
-        raise Unsupported("LayerNormalization: Mean / InvStdDev outputs not supported")
+    dt = nb.require_float(0, 1, 2, outputs=(0, 1, 2))
     xs = nb.shape(0)
     axis = int(nb.attr("axis", -1)) % len(xs)
     norm_shape = xs[axis:]
@@ -68,11 +66,15 @@ def plan_layernorm(nb: NodeBuilder) -> None:
     has_b = nb.has_input(2)
     b_stride = _param_stride(nb, 2, norm_shape) if has_b else 0
     outer, R = prod(xs[:axis]), prod(norm_shape)
-    args = [BufRef(nb.buf(0)), 0, BufRef(nb.out_buf(0)), 0, BufRef(nb.buf(1)), 0, s_stride,
+    flags = (1 if has_b else 0) | (2 if nb.has_output(1) else 0) | (4 if nb.has_output(2) else 0)
+    y = nb.out_buf(0)
+    mean = nb.out_buf(1) if nb.has_output(1) else y
+    inv = nb.out_buf(2) if nb.has_output(2) else y
+    args = [BufRef(nb.buf(0)), 0, BufRef(y), 0, BufRef(nb.buf(1)), 0, s_stride,
             BufRef(nb.buf(2) if has_b else nb.buf(1)), 0, b_stride, R, 0, float(nb.attr("epsilon", 1e-5)),
-            1 if has_b else 0]
+            flags, BufRef(mean), BufRef(inv)]
     reads = [nb.buf(0), nb.buf(1)] + ([nb.buf(2)] if has_b else [])
-    nb.launch("norm.cl", "rownorm", nb.float_defines(dt), (outer,), None, args, reads, [nb.out_buf(0)])
+    nb.launch("norm.cl", "rownorm", nb.float_defines(dt), (outer,), None, args, reads, sorted({y, mean, inv}))
 
 
 @planner("InstanceNormalization")
@@ -86,6 +88,6 @@ def plan_instancenorm(nb: NodeBuilder) -> None:
         if tuple(nb.shape(i)) != (C,):
             raise Unsupported(f"InstanceNormalization: parameter shape {list(nb.shape(i))} != [{C}]")
     args = [BufRef(nb.buf(0)), 0, BufRef(nb.out_buf(0)), 0, BufRef(nb.buf(1)), 0, 0, BufRef(nb.buf(2)), 0, 0,
-            prod(xs[2:]), C, float(nb.attr("epsilon", 1e-5)), 1]
+            prod(xs[2:]), C, float(nb.attr("epsilon", 1e-5)), 1, BufRef(nb.out_buf(0)), BufRef(nb.out_buf(0))]
     nb.launch("norm.cl", "rownorm", nb.float_defines(dt), (xs[0] * C,), None, args,
               [nb.buf(0), nb.buf(1), nb.buf(2)], [nb.out_buf(0)])

@@ -1,4 +1,4 @@
-"""Pooling (cl/pool.cl): MaxPool / AveragePool over 1-D and 2-D windows, and the global pools
+"""Pooling (cl/pool.cl): MaxPool / AveragePool / LpPool over 1-D and 2-D windows, and the global pools
 (through the reduction kernel: one row of H*W per (image, channel))."""
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def pool_geometry(nb: NodeBuilder, in_sp, out_sp, ks):
     return strides, dil, pb, pe
 
 
-def _plan_pool(nb: NodeBuilder, mode: int) -> None:
+def _plan_pool(nb: NodeBuilder, mode: int, p: float = 2.0) -> None:
     dt = nb.require_float(0)
     if nb.has_output(1):
         raise Unsupported(f"{nb.op}: Indices output not supported")
@@ -59,7 +59,7 @@ def _plan_pool(nb: NodeBuilder, mode: int) -> None:
         (SH, SW), (DH, DW), (PH, PW), (PHE, PWE) = strides, dil, pb, pe
     planes = xs[0] * xs[1]
     args = [BufRef(nb.buf(0)), 0, BufRef(nb.out_buf(0)), 0, H, W, KH, KW, SH, SW, PH, PW, PHE, PWE, DH, DW,
-            OH, OW, mode]
+            OH, OW, mode, float(p)]
     nb.launch("pool.cl", "pool2d", nb.float_defines(dt), (OH, planes), None, args, [nb.buf(0)], [nb.out_buf(0)])
 
 
@@ -73,6 +73,11 @@ def plan_maxpool(nb: NodeBuilder) -> None:
 @planner("AveragePool")
 def plan_avgpool(nb: NodeBuilder) -> None:
     _plan_pool(nb, 1 if int(nb.attr("count_include_pad", 0)) else 2)
+
+
+@planner("LpPool")
+def plan_lppool(nb: NodeBuilder) -> None:
+    _plan_pool(nb, 3, float(nb.attr("p", 2)))
 
 
 @planner("GlobalAveragePool", "GlobalMaxPool")

@@ -104,3 +104,13 @@ def plan_softmax(nb: NodeBuilder) -> None:
     mode = {"Softmax": 0, "LogSoftmax": 1, "Hardmax": 2}[nb.op]
     nb.launch("reduce.cl", "softmax", nb.float_defines(dt), (inner, outer), None,
               [BufRef(nb.buf(0)), 0, BufRef(nb.out_buf(0)), 0, R, inner, mode], [nb.buf(0)], [nb.out_buf(0)])
+
+
+@planner("CumSum")
+def plan_cumsum(nb: NodeBuilder) -> None:
+    dt = nb.require_float(0)
+    shape = nb.shape(0)
+    axis = int(np.asarray(nb.require_host(1, "axis")).ravel()[0]) % len(shape)
+    nb.launch("reduce.cl", "cumsum", nb.float_defines(dt), (prod(shape[axis + 1:]), prod(shape[:axis])), None,
+              [BufRef(nb.buf(0)), 0, BufRef(nb.out_buf(0)), 0, shape[axis], prod(shape[axis + 1:]),
+               int(nb.attr("exclusive", 0)), int(nb.attr("reverse", 0))], [nb.buf(0)], [nb.out_buf(0)])
