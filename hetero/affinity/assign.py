@@ -74,8 +74,10 @@ def _reason_of(supported: Mapping[str, Mapping[str, object]], device: str, node:
     ans = supported.get(device, {}).get(node)
     if ans is True:
         return None
-    if ans is None or ans is False:
-        return f"not supported by {device}" if ans is False else f"{device}'s query did not report it"
+    if ans is False:
+        return f"not supported by {device}"
+    if ans is None:
+        return f"{device}'s query did not report it"
     return str(ans)
 
 
@@ -195,7 +197,7 @@ def assign(graph: Graph, supported: Mapping[str, Mapping[str, object]], prioriti
         sub = graph
         if unsupported:  # optimise over the nodes that have a device
             sub = graph.replace(nodes=tuple(n for n in graph.nodes if n.name not in unsupported))
-        placed, why = optimise(sub, candidates, {k: v for k, v in device.items()}, prio, costs)
+        placed, why = optimise(sub, candidates, dict(device), prio, costs)
         for name in candidates:
             device[name], reason[name] = placed[name], why[name]
 

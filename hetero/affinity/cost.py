@@ -289,6 +289,7 @@ def optimise(graph: Graph, candidates: Mapping[str, tuple[str, ...]], fixed: Map
     # 2. cuts
     pairs = [(priorities[i], priorities[j]) for i in range(len(priorities)) for j in range(i + 1, len(priorities))]
     best = total_cost(graph, device_of, costs, fl).total
+    restricted = _restrict(costs, candidates)  # (the same for every pair and round)
     for _round in range(1 if len(priorities) == 2 else 6):
         improved = False
         for a, b in pairs:
@@ -296,7 +297,7 @@ def optimise(graph: Graph, candidates: Mapping[str, tuple[str, ...]], fixed: Map
                        and (a in candidates[n] or b in candidates[n])}
             if not movable:
                 continue
-            placed = binary_cut(graph, fl, device_of, movable, a, b, _restrict(costs, candidates))
+            placed = binary_cut(graph, fl, device_of, movable, a, b, restricted)
             trial = dict(device_of)
             trial.update(placed)
             c = total_cost(graph, trial, costs, fl).total

@@ -28,9 +28,6 @@ from typing import Iterable
 from ..errors import PropertyError
 from ..ir import Node
 
-_KINDS = ("any", "op", "name")
-
-
 @dataclass(frozen=True)
 class Rule:
     """One placement rule; ``index`` is 1-based, as users count them."""
