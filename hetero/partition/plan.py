@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 import numpy as np
@@ -28,6 +29,11 @@ from ..errors import PartitionError
 from ..ir import Graph, TensorInfo, node_value_inputs
 
 HOST = "HOST"
+
+
+def same_place(a: str, b: str, host_device: str) -> bool:
+    """True when values on ``a`` are usable on ``b`` as they are (HOST and the host device match)."""
+    return a == b or {a, b} == {HOST, host_device}
 
 
 @dataclass(frozen=True)
@@ -118,10 +124,12 @@ class Plan:
 
     # ---- queries -----------------------------------------------------------------------------
     def subgraph_of(self, node: str) -> int:
-        for s in self.subgraphs:
-            if node in s.nodes:
-                return s.id
-        raise KeyError(node)
+        return self._subgraph_of[node]
+
+    @cached_property
+    def _subgraph_of(self) -> dict[str, int]:
+        """node -> subgraph id (the JSON twin, the dot dump and HETERO_DEBUG ask for every node)."""
+        return {n: s.id for s in self.subgraphs for n in s.nodes}
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -133,7 +141,7 @@ class Plan:
 
     def same_place(self, a: str, b: str) -> bool:
         """True when values on ``a`` are usable on ``b`` as they are (HOST and the host device match)."""
-        return a == b or {a, b} == {HOST, self.host_device}
+        return same_place(a, b, self.host_device)
 
     def subgraph_graph(self, i: int) -> Graph:
         """Subgraph ``i`` as a standalone ir.Graph (constants copied in) for its device's compile."""

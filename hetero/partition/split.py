@@ -27,11 +27,12 @@ Traced example, the skip edge (tests/test_partition.py::test_skip_edge_splits_re
 """
 from __future__ import annotations
 
+import heapq
 from typing import Mapping
 
 from ..errors import PartitionError
 from ..ir import Graph, node_value_inputs
-from .plan import HOST, Boundary, Plan, Subgraph, dtype_name
+from .plan import HOST, Boundary, Plan, Subgraph, dtype_name, same_place
 
 
 def _device_map(assignment) -> tuple[Mapping[str, str], Mapping[str, str]]:
@@ -148,8 +149,6 @@ def split(graph: Graph, assignment, host_device: str = "CPU") -> Plan:
     for c in live:
         c_members[c].sort()
     cdeps = {c: {cluster_of[p] for i in c_members[c] for p in preds[i]} - {c} for c in live}
-    import heapq
-
     indeg = {c: len(cdeps[c]) for c in live}
     users: dict[int, list[int]] = {c: [] for c in live}
     for c in live:
@@ -197,9 +196,6 @@ def split(graph: Graph, assignment, host_device: str = "CPU") -> Plan:
                                   tuple(cst), tuple(deps)))
 
     # 5. boundaries: one per (value, destination device) where the value changes device
-    def same(a: str, b: str) -> bool:
-        return a == b or {a, b} == {HOST, host_device}
-
     boundaries = []
     values = list(graph.input_names) + [o for n in nodes for o in n.outputs if o]
     seen = set()
@@ -217,7 +213,7 @@ def split(graph: Graph, assignment, host_device: str = "CPU") -> Plan:
             by_dev.setdefault(HOST, [])
         info = graph.info(v)
         for d, dst in by_dev.items():
-            if same(src_dev, d):
+            if same_place(src_dev, d, host_device):
                 continue
             boundaries.append(Boundary(v, src, tuple(sorted(dst)), src_dev, d, dtype_name(info),
                                        info.shape, info.nbytes))
