@@ -35,14 +35,14 @@ def _value_info(t: TensorInfo, keep_shape: bool = True) -> onnx.ValueInfoProto:
     elem = 0 if t.dtype is None else helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
     shape = None
     if keep_shape and t.shape is not None:
-        shape = [d if d is not None else None for d in t.shape]
+        shape = list(t.shape)
     return helper.make_tensor_value_info(t.name, elem, shape)
 
 
 def _schema_types(op: str, domain: str, opset: int) -> dict[str, int]:
     try:
         s = onnx.defs.get_schema(op, opset, domain)
-    except Exception:
+    except onnx.defs.SchemaError:  # an op onnx does not know (a custom domain): types from the values
         return {}
     return {k: int(v.type) for k, v in s.attributes.items()}
 
