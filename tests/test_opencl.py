@@ -347,10 +347,17 @@ def test_cache_dir_stores_binaries_and_a_later_compile_loads_them(tmp_path):
     assert warm._runner.compile_time > 0 and cold._runner.compile_time > 0
     x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(cold({"x": x})[0], warm({"x": x})[0])
-    # another config (f16) is another set of programs: not from the cache
+    # another config (f16) is another set of programs (and a calibration): not from the cache ...
     PROGRAMS.clear()
-    other = CORE.compile_model(m, "GPU", dict(cfg, INFERENCE_PRECISION_HINT="f16"))
+    f16 = dict(cfg, INFERENCE_PRECISION_HINT="f16")
+    other = CORE.compile_model(m, "GPU", f16)
     assert other.get_property("LOADED_FROM_CACHE") is False
+    assert len(list((tmp_path / "cache").glob("hetero_ocl_wide_*.json"))) == 1
+    # ... until it is compiled again
+    PROGRAMS.clear()
+    again = CORE.compile_model(m, "GPU", f16)
+    assert again.get_property("LOADED_FROM_CACHE") is True
+    np.testing.assert_array_equal(other({"x": x})[0], again({"x": x})[0])
 
 
 # ---- streams ----------------------------------------------------------------------------------------

@@ -1,10 +1,27 @@
 """The GPU device family: every OpenCL device (through pyopencl) as ``GPU.0``, ``GPU.1``, ...
 
 Only this package imports pyopencl, and only when :func:`discover` runs, so ``import hetero`` works on a
-machine without OpenCL. Layout: ``device.py`` (plugin, properties, discovery), ``plan.py`` (graph ->
-launches; the same walk answers query), ``ops/`` (one planner per op family), ``cl/`` (kernel
-sources), ``programs.py`` (program cache, CACHE_DIR binaries), ``memplan.py`` (liveness memory plan),
-``executable.py`` (compile, streams, run).
+machine without OpenCL. Layout:
+
+==================  ===================================================================================
+``device.py``       the plugin: discovery (real GPUs first, then accelerators, then CPU OpenCL), properties,
+                    query / compile / upload / download, streams
+``plan.py``         graph -> the exact list of kernel launches (the same walk answers ``query``); host
+                    evaluation of shape-like constants; launch-level constant folding
+``ops/``            one planner per op family: ``elementwise`` (the table), ``gemm`` (Gemm, MatMul,
+                    Conv, ConvTranspose, FusedConv/FusedGemm/FusedMatMul), ``pool``, ``norm``,
+                    ``reduce``, ``data`` (views, copies, Pad, Gather, Resize, ...)
+``cl/*.cl``         kernel sources, specialised by ``-D`` build options (``common.cl`` prepended)
+``programs.py``     program cache: one build per (context, source, options); CACHE_DIR binaries
+``memplan.py``      liveness-based sharing of intermediate device buffers
+``precision.py``    f16 mode: calibrated mixed precision (float storage where half would overflow)
+``executable.py``   compile (build, upload weights once, fold constants, plan memory) and run
+                    (per-stream queue and buffers, one wait per inference)
+==================  ===================================================================================
+
+Environment knobs (tests and benchmarks): ``HETERO_DISABLE_OPENCL=1`` (no GPU family),
+``HETERO_OCL_STYLE=gpu|cpu`` (kernel shapes), ``HETERO_OCL_GEMM=reg|local`` (GEMM kernel),
+``HETERO_OCL_WARMUP=1`` (always run once at compile).
 """
 from __future__ import annotations
 

@@ -129,10 +129,11 @@ class OpenCLDevice(Device):
         cfg = self.config(config)
         caps = self.caps(cfg)
         plan = build_plan(graph, caps, lenient=True)
+        calibration_cached = True
         if caps.half_mode and not plan.reasons:
             from .precision import wide_values
 
-            wide = wide_values(self, graph, caps, cfg)
+            wide, calibration_cached = wide_values(self, graph, caps, cfg)
             if wide:
                 plan = build_plan(graph, caps, lenient=True, wide=wide)
         if plan.reasons:
@@ -140,6 +141,7 @@ class OpenCLDevice(Device):
             lines = "; ".join(f"{k}: {v}" for k, v in list(plan.reasons.items())[:20])
             raise UnsupportedOpError(f"{self.name} cannot run {len(nodes)} node(s) of {graph.name!r}: {lines}", nodes)
         exe = OpenCLExecutable(self, graph, plan, caps, cfg)
+        exe.loaded_from_cache = exe.loaded_from_cache and calibration_cached
         exe.compile_time = time.perf_counter() - t0
         return exe
 

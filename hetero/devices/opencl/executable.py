@@ -127,8 +127,9 @@ class OpenCLExecutable(Executable):
         # 5. warm-up through a fresh context, then keep the binaries
         self._default: StreamContext | None = None
         self._default_lock = threading.Lock()
-        if probe:
+        if probe:  # the calibration run itself warms up; precision.py stores the binaries after it
             self.compile_time = time.perf_counter() - t0
+            self._cache_dir, self._keys = cache_dir, keys
             return
         warmup = os.environ.get("HETERO_OCL_WARMUP", "") not in ("", "0")
         if warmup or (cache_dir and not self.loaded_from_cache):
@@ -146,6 +147,9 @@ class OpenCLExecutable(Executable):
 
         ctx = self.new_context()
         self.run(feeds, ctx)
+        if self._cache_dir and not self.loaded_from_cache:
+            for key in self._keys:
+                PROGRAMS.store(self._device.cl_device, key, self._programs[key], self._cache_dir)
         out = {}
         for name, b in self.plan.value_bufs.items():
             if b not in ctx.bufs:

@@ -16,10 +16,18 @@ and its outputs into NaN (onnx's light models do: ResNet-50's reach 1e10). So co
 Traced example (light ResNet-50, f16): the stem and first blocks stay under 4096 and run in half;
 from the point activations pass it, the remaining layers store float; the output is finite and
 within the f16 tolerance. A network whose values stay in range runs entirely in half.
+
+With a CACHE_DIR the result is stored (``hetero_ocl_wide_<hash>.json``, keyed by the graph, its
+weights, the device and the calibration settings), so a cached compile skips the calibration run.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -41,8 +49,48 @@ def calibration_feeds(plan, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
-def wide_values(device, graph: Graph, caps: DeviceCaps, config: Mapping[str, Any]) -> frozenset[str]:
-    """Values of ``graph`` that need float storage in f16 mode (see the module doc)."""
+def graph_key(graph: Graph, extra: str) -> str:
+    """A digest of everything the calibration depends on."""
+    h = hashlib.sha256(extra.encode())
+    for n in graph.nodes:
+        h.update(repr((n.name, n.op_type, n.domain, n.inputs, n.outputs, sorted(map(str, n.attrs.items())))).encode())
+    for t in graph.inputs + graph.outputs:
+        h.update(repr((t.name, str(t.dtype), t.shape)).encode())
+    for name in sorted(graph.initializers):
+        a = np.ascontiguousarray(graph.initializers[name])
+        h.update(repr((name, str(a.dtype), a.shape)).encode())
+        if a.dtype != object:
+            h.update(a.view(np.uint8).data)
+    return h.hexdigest()[:40]
+
+
+def wide_values(device, graph: Graph, caps: DeviceCaps, config: Mapping[str, Any]) -> tuple[frozenset[str], bool]:
+    """(values of ``graph`` that need float storage in f16 mode, whether that came from CACHE_DIR)."""
+    cache_dir = str(config.get("CACHE_DIR", "") or "")
+    path = None
+    if cache_dir:
+        from .programs import device_identity
+
+        key = graph_key(graph, f"{device_identity(device.cl_device)}|{HALF_SAFE}|uniform01-seed0")
+        path = Path(cache_dir) / f"hetero_ocl_wide_{key}.json"
+        try:
+            return frozenset(json.loads(path.read_text())["wide"]), True
+        except (OSError, ValueError, KeyError):
+            pass
+    wide = _calibrate(device, graph, caps, config)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_hetero_ocl_")
+            with os.fdopen(fd, "w") as f:
+                json.dump({"wide": sorted(wide)}, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return wide, False
+
+
+def _calibrate(device, graph: Graph, caps: DeviceCaps, config: Mapping[str, Any]) -> frozenset[str]:
     from .executable import OpenCLExecutable
 
     caps32 = dataclasses.replace(caps, half_mode=False)
@@ -54,8 +102,7 @@ def wide_values(device, graph: Graph, caps: DeviceCaps, config: Mapping[str, Any
         a = np.asarray(a)
         if a.dtype == np.float32 and a.size and (not np.all(np.isfinite(a)) or np.abs(a).max() > HALF_SAFE):
             wide.add(name)
-    cfg = {k: v for k, v in config.items() if k != "CACHE_DIR"}
-    exe = OpenCLExecutable(device, graph, plan, caps32, cfg, probe=True)
+    exe = OpenCLExecutable(device, graph, plan, caps32, config, probe=True)
     for name, a in exe.probe(calibration_feeds(plan)).items():
         if a.dtype.kind == "f" and a.size:
             with np.errstate(all="ignore"):
