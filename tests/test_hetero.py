@@ -311,6 +311,32 @@ def test_async_requests_pipeline_across_subgraphs():
     assert calls == {"GATE.0": 2, "GATE.1": 2}
 
 
+def test_release_with_a_request_in_flight_fails_it_and_later_starts_raise():
+    """release() while a request is inside subgraph 0: it fails naming the release (subgraph 1's
+    workers are gone) instead of waiting forever; a request started after release raises at once."""
+    entered, go, hold = threading.Event(), threading.Event(), {"on": False}
+
+    def hook(name):
+        if name == "GATE.0" and hold["on"]:
+            entered.set()
+            go.wait(10)
+
+    cm = compile_hetero(GateCore(hook), hetero.read_model(MODEL), parse("HETERO:GATE.0,GATE.1"),
+                        {"AFFINITY_RULES": "sq=GATE.1; neg=GATE.1; sum=GATE.1; sm=GATE.1"})
+    r = cm.create_infer_request()
+    r.start_async({"x": X})
+    r.wait()  # both subgraphs' workers are running now
+    hold["on"] = True
+    r.start_async({"x": X})
+    assert entered.wait(10)
+    cm.release()
+    go.set()
+    with pytest.raises(DeviceError, match="GATE.1: the compiled model was released"):
+        r.wait_for(10_000)
+    with pytest.raises(DeviceError, match="HETERO:GATE.0,GATE.1: the compiled model was released"):
+        cm.create_infer_request().start_async({"x": X})
+
+
 def test_async_queue_completes_every_request_once(core):
     cm = core.compile_model(MODEL, "HETERO:MOCK.0,CPU,MOCK.1", {"AFFINITY_RULES": "Softmax=CPU; neg=MOCK.1"})
     assert len(cm.plan.subgraphs) == 4

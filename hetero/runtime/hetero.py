@@ -549,15 +549,19 @@ class _StageWorkers:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def submit(self, job) -> None:
-        if len(self._threads) < self._n:
-            with self._lock:
+        # under the lock, so a job is either ahead of close()'s stop markers or answered here
+        with self._lock:
+            if not self._closed:
                 if len(self._threads) < self._n:
                     t = threading.Thread(target=self._loop, name=f"{self._name}-w{len(self._threads)}", daemon=True)
                     self._threads.append(t)
                     t.start()
-        self._q.put(job)
+                self._q.put(job)
+                return
+        job[1].put((self._k, None, DeviceError(f"{self._name}: the compiled model was released")))
 
     def _loop(self) -> None:
         ctx = self._runner.stages[self._k].exe.new_context()
@@ -573,8 +577,10 @@ class _StageWorkers:
                 done_q.put((self._k, None, e))
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._q.put(None)
+        with self._lock:
+            self._closed = True
+            for _ in self._threads:
+                self._q.put(None)
 
 
 class _Stage:
@@ -793,7 +799,8 @@ class PlanRunner:
 
 
 class _Drivers:
-    """Threads that drive async requests through the plan; one more starts only when all are busy."""
+    """Threads that drive async requests through the plan; one more starts only when all are busy.
+    After :meth:`close` a submit raises (no thread is left to run it: it would never finish)."""
 
     def __init__(self, name: str):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -801,15 +808,18 @@ class _Drivers:
         self._n = 0
         self._lock = threading.Lock()
         self._name = name
+        self._closed = False
 
     def submit(self, fn, arg) -> None:
         with self._lock:
+            if self._closed:
+                raise DeviceError(f"{self._name}: the compiled model was released")
             if self._idle > 0:
                 self._idle -= 1
             else:
                 self._n += 1
                 threading.Thread(target=self._loop, name=f"{self._name}-driver{self._n}", daemon=True).start()
-        self._q.put((fn, arg))
+            self._q.put((fn, arg))  # (under the lock: ahead of close()'s stop markers)
 
     def _loop(self) -> None:
         while True:
@@ -819,15 +829,21 @@ class _Drivers:
             fn, arg = job
             try:
                 fn(arg)
-            finally:
+            except BaseException:
+                # (the request body catches its own errors; this is a finish hook's) this thread ends
+                # with the error printed by threading; it must not be counted idle, or a later
+                # request would be queued for a thread that is gone
                 with self._lock:
-                    self._idle += 1
+                    self._n -= 1
+                raise
+            with self._lock:
+                self._idle += 1
 
     def close(self) -> None:
         with self._lock:
-            n = self._n
-        for _ in range(n):
-            self._q.put(None)
+            self._closed = True
+            for _ in range(self._n):
+                self._q.put(None)
 
 
 class HeteroCompiledModel(CompiledModel):
