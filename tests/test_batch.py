@@ -30,13 +30,16 @@ def test_full_batches_run_as_one_execution_each(core):
 
 
 def test_timeout_runs_what_was_gathered_as_one_smaller_batch(core):
-    # 200 ms: far longer than starting a few requests takes, so the gathers below are exact
     cm = core.compile_model(MODEL, "BATCH:MOCK.1(4)", {"AUTO_BATCH_TIMEOUT": 200})
-    reqs, xs = run_async(cm, 3)
+    # the requests are started while holding the batcher's (reentrant) lock, so its timeout cannot
+    # fire between two starts however slow the machine is: the gathers below are exact
+    with cm._batcher._cv:
+        reqs, xs = run_async(cm, 3)
     finish(reqs, xs)
     assert cm.batch_log == [3]
     assert mock(core, 1).inferences == 1
-    reqs, xs = run_async(cm, 6, start=3)  # one full batch at once, then 2 after the timeout
+    with cm._batcher._cv:
+        reqs, xs = run_async(cm, 6, start=3)  # one full batch at once, then 2 after the timeout
     finish(reqs, xs)
     assert cm.batch_log == [3, 4, 2]
 
