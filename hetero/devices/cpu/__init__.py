@@ -12,7 +12,7 @@ from ...errors import InferError, UnsupportedOpError
 from ...ir import Graph, Node, node_value_inputs
 from ...log import debug
 from ..base import Device, Executable, ProfileRecord
-from . import registry, threads
+from . import registry
 from .memory import ALIGN, VIEW_OPS, MemoryPlan, plan as plan_memory
 
 
@@ -92,7 +92,6 @@ class CPUDevice(Device):
         exe = CPUExecutable(graph, self.name)
         exe.compile_time = time.perf_counter() - t0
         exe.config = cfg
-        exe.blas_threads = threads.apply(self.optimal_streams(cfg), int(cfg.get("INFERENCE_NUM_THREADS", 0) or 0))
         if exe.memory_plan is not None:
             debug(f"{self.name} {graph.name!r}: memory plan: {exe.memory_plan.describe()}")
         return exe
