@@ -42,8 +42,8 @@ from ..errors import DeviceStringError, HeteroError, InferError, ModelError
 from ..ir import Graph, TensorInfo
 from ..onnx_import import graph_from_proto
 from ..runtime.compiled import CompiledModel, Port
-from .common import BATCH_KEYS, _Done, async_job, check_config, compile_device, contexts_of, debug, device_config, \
-    job_result, resolve, with_context
+from .common import BATCH_KEYS, _Done, async_job, capped_requests, check_config, compile_device, contexts_of, debug, \
+    device_config, job_result, resolve, with_context
 from .onnx_export import to_onnx
 from .scheduler import Job
 
@@ -267,9 +267,7 @@ class BatchCompiledModel(CompiledModel):
     def get_property(self, key: str) -> Any:
         if key == "OPTIMAL_NUMBER_OF_INFER_REQUESTS":
             # enough requests in flight to fill a batch for every batch worker
-            n = self._batcher.n * self._nworkers
-            cap = int(self._config.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
-            return min(n, cap) if cap else n
+            return capped_requests(self._batcher.n * self._nworkers, self._config)
         if key == "AUTO_BATCH_TIMEOUT":
             return self._batcher.timeout_ms
         if key == "SUPPORTED_PROPERTIES":

@@ -45,6 +45,12 @@ def device_items(parsed: ParsedDevice, cfg: Mapping[str, Any], who: str) -> tupl
     return items
 
 
+def capped_requests(n: int, cfg: Mapping[str, Any]) -> int:
+    """OPTIMAL_NUMBER_OF_INFER_REQUESTS ``n``, capped by PERFORMANCE_HINT_NUM_REQUESTS when that is set."""
+    cap = int(cfg.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
+    return min(n, cap) if cap else n
+
+
 def device_hint(hint: str) -> str:
     """What a device behind MULTI/AUTO is given: CUMULATIVE_THROUGHPUT is a THROUGHPUT per device."""
     return "THROUGHPUT" if hint == "CUMULATIVE_THROUGHPUT" else hint
@@ -187,9 +193,7 @@ class ScheduledCompiledModel(CompiledModel):
 
     def get_property(self, key: str) -> Any:
         if key == "OPTIMAL_NUMBER_OF_INFER_REQUESTS":
-            n = self._optimal()
-            cap = int(self._config.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
-            return min(n, cap) if cap else n
+            return capped_requests(self._optimal(), self._config)
         if key == "EXECUTION_DEVICES":
             return self.execution_devices()
         if key == "MULTI_DEVICE_PRIORITIES":
