@@ -148,7 +148,6 @@ def to_subgraphs_dot(plan: Plan) -> str:
                     f"{g.name}: {len(plan.subgraphs)} subgraph(s), {len(plan.reorders)} Reorder(s)")
     lines += _legend(plan.devices)
     lines += _io_nodes(plan)
-    sg_of = {n: s.id for s in plan.subgraphs for n in s.nodes}
     ops = {n.name: n.op_type for n in g.nodes}
     for s in plan.subgraphs:
         col = device_colour(s.device)
@@ -170,11 +169,11 @@ def to_subgraphs_dot(plan: Plan) -> str:
         return _q("node:" + prod[v]) if v in prod else _q("input:" + v)
 
     def crossing(v: str, consumer: str | None):
-        src_sg = sg_of.get(prod[v]) if v in prod else None
+        src_sg = plan.subgraph_of(prod[v]) if v in prod else None
         if consumer is None:
             dst_dev, dst_id, dst_sg = HOST, _q("output:" + v), None
         else:
-            dst_sg = sg_of[consumer]
+            dst_sg = plan.subgraph_of(consumer)
             dst_dev, dst_id = plan.subgraphs[dst_sg].device, _q("node:" + consumer)
         r = by_key.get((v, dst_dev))
         if r is None:
