@@ -184,6 +184,8 @@ def test_one_reorder_per_tensor_and_destination():
     (lambda p: dataclasses.replace(p, subgraphs=tuple(reversed([dataclasses.replace(s, id=1 - s.id)
                                                                 for s in p.subgraphs]))), "deps"),
     (lambda p: dataclasses.replace(p, boundaries=p.boundaries[:1]), "without a boundary"),
+    (lambda p: dataclasses.replace(reorder(p), reorders=reorder(p).reorders[:1]),
+     r"1 Reorder\(s\) for 2 boundary\(ies\); at position 1 Reorder None vs boundary \('vb', 'CPU'\)"),
 ])
 def test_check_catches_broken_plans(breakage, message):
     #   x -> a(G) -> b(G) -> c(C) -> y

@@ -226,7 +226,9 @@ class Scheduler:
             for n in names:
                 d = self._devices[n]
                 if d.released:
-                    raise DeviceError(f"{self.name}: {n} was released")
+                    raise DeviceError(f"{self.name}: {n} was released (its compiled model is gone); it cannot be "
+                                      f"put back in the rotation; devices still compiled: "
+                                      f"{[k for k, v in self._devices.items() if not v.released]}")
                 d.error = None  # naming a failed device again brings it back
             self._priorities = list(names)
             self._rr = 0

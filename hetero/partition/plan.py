@@ -247,8 +247,14 @@ class Plan:
                 raise PartitionError(f"plan: graph output {v!r} leaves {self.subgraphs[src].device} "
                                      "without a boundary to the host")
         if self.reorders:
-            if [(r.value, r.dst_device) for r in self.reorders] != [(b.value, b.dst_device) for b in self.boundaries]:
-                raise PartitionError("plan: Reorders do not match the boundaries one to one")
+            got = [(r.value, r.dst_device) for r in self.reorders]
+            want = [(b.value, b.dst_device) for b in self.boundaries]
+            if got != want:
+                k = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
+                raise PartitionError(f"plan: Reorders do not match the boundaries one to one: {len(got)} Reorder(s) "
+                                     f"for {len(want)} boundary(ies); at position {k} Reorder "
+                                     f"{got[k] if k < len(got) else None} vs boundary {want[k] if k < len(want) else None} "
+                                     "(value, destination device)")
         return self
 
     # ---- JSON twin -----------------------------------------------------------------------------
