@@ -191,8 +191,12 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P):
         for n in range(N):
             parallel.matmul(wm, xv[n], yv[n])
     else:
-        np.matmul(w.reshape(g, M // g, C // g), xs.reshape(N, g, C // g, P),
-                  out=y.reshape(N, g, M // g, P))
+        w3 = w.reshape(g, M // g, C // g)
+        x4 = xs.reshape(N, g, C // g, P)
+        y4 = y.reshape(N, g, M // g, P)
+        for n in range(N):
+            parallel.batched(g, lambda lo, hi: np.matmul(w3[lo:hi], x4[n, lo:hi], out=y4[n, lo:hi]),
+                             (M // g) * C * P)
 
 
 def _tap_slices(k, dilations, strides, out_sp):
@@ -298,7 +302,8 @@ def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, b):
             if g == 1:
                 parallel.matmul(wm[0], cm[0], o[0])
             else:
-                np.matmul(wm, cm, out=o)
+                parallel.batched(g, lambda lo, hi: np.matmul(wm[lo:hi], cm[lo:hi], out=o[lo:hi]),
+                                 Mg * CK * nr * rest)
             if bias is not None:
                 o += bias
 

@@ -32,7 +32,7 @@ import numpy as np
 #: threads one kernel may use (the caller plus THREADS - 1 pool threads)
 THREADS = max(1, int(os.environ.get("HETERO_CPU_THREADS", "0") or 0) or (os.cpu_count() or 1))
 #: below this many multiply-adds a GEMM is not split (the hand-off costs ~20-50 us)
-MIN_SPLIT_FLOPS = 4_000_000
+MIN_SPLIT_FLOPS = 16_000_000
 #: below this many elements an elementwise pass is not split
 MIN_SPLIT_ELEMS = 1 << 16
 

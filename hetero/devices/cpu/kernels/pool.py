@@ -125,6 +125,62 @@ def _window_reduce(X, k, dl, st, pb, pe_need, out, ufunc, dtype, pad_value):
     return np.ascontiguousarray(cur[..., :O_l])
 
 
+def _tap_range(L, pb, s, d, O, t):
+    """Output positions [lo, hi) whose tap ``t`` lands inside an input axis of length L, and the input
+    position the first of them reads: output i reads i*s - pb + t*d."""
+    off = t * d - pb
+    lo = min(O, max(0, -(off // s) if off < 0 else 0))
+    hi = min(O, max(0, (L - 1 - off) // s + 1)) if L - 1 - off >= 0 else 0
+    return lo, hi, lo * s + off
+
+
+def _window_reduce_direct(X, k, dl, st, pb, out, ufunc, dtype, pad_value):
+    """Same result as ``_window_reduce`` without a padded copy: one spatial axis at a time, FIRST axis
+    first (for H that is slices of whole contiguous rows, the cheap direction), so the strided work on
+    the last axis runs on an array already shrunk by the earlier strides. Each tap reduces into the
+    output positions whose window it reaches (``_tap_range``); positions outside the input act as
+    ``pad_value`` (the ufunc's identity) without being stored. A tap that reaches every output
+    position seeds the buffer (a copy); when none does, it is filled with ``pad_value`` first.
+
+    Traced example, MaxPool 3x3 s2 pads 1 on H = 112 (O = 56): tap 0 reads rows -1, 1, ..., 109
+    -> outputs [1, 56) from row 1; tap 1 rows 0..110 -> all 56 (the seed); tap 2 rows 1..111 -> all.
+    """
+    nsp = X.ndim - 2
+    cur = X
+    for ax in range(nsp):
+        L = cur.shape[2 + ax]
+        O = int(out[ax])
+        shape = list(cur.shape)
+        shape[2 + ax] = O
+        nxt = np.empty(shape, dtype)
+        lead = (slice(None),) * (2 + ax)
+        ranges = [_tap_range(L, pb[ax], st[ax], dl[ax], O, t) for t in range(k[ax])]
+        seed = next((t for t, (lo, hi, _) in enumerate(ranges) if lo == 0 and hi == O), None)
+        if seed is None:
+            nxt[...] = pad_value
+        for t in ([seed] if seed is not None else []) + [t for t in range(k[ax]) if t != seed]:
+            lo, hi, p0 = ranges[t]
+            if hi <= lo:
+                continue
+            src = cur[lead + (slice(p0, p0 + (hi - lo - 1) * st[ax] + 1, st[ax]),)]
+            if t == seed:
+                np.copyto(nxt, src, casting="unsafe")
+            else:
+                dst = nxt[lead + (slice(lo, hi),)]
+                ufunc(dst, src, out=dst)
+        cur = nxt
+    return cur
+
+
+def _reduce(X, k, dl, st, pb, pe_need, out, ufunc, dtype, pad_value):
+    """Strided last axis: ``_window_reduce_direct`` (measured, MaxPool 3x3 s2 on 64x112x112: 1.26 ms
+    vs 1.76 ms); stride 1: the flat 1-D passes of ``_window_reduce`` win on small planes (192x28x28:
+    0.50 ms vs 0.62 ms), where row-by-row slices have short inner loops."""
+    if X.ndim >= 3 and st[-1] > 1:
+        return _window_reduce_direct(X, k, dl, st, pb, out, ufunc, dtype, pad_value)
+    return _window_reduce(X, k, dl, st, pb, pe_need, out, ufunc, dtype, pad_value)
+
+
 def _covers_all(in_sp, k, dl, st, pb, out):
     """True when there is a single window per axis and it spans the whole input (a global pool)."""
     return all(out[i] == 1 and pb[i] <= 0 and -pb[i] + (k[i] - 1) * dl[i] + 1 >= in_sp[i] and dl[i] == 1
@@ -156,7 +212,7 @@ def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
     if _num_outputs <= 1:
         if _covers_all(X.shape[2:], k, dl, st, pb, out):
             return X.reshape(N, C, -1).max(axis=2).reshape((N, C) + (1,) * nsp)
-        return _window_reduce(X, k, dl, st, pb, pe_need, out, np.maximum, dt, _min_value(dt))
+        return _reduce(X, k, dl, st, pb, pe_need, out, np.maximum, dt, _min_value(dt))
     xp = pad_input(X, pb, pe_need, value=_min_value(dt))
     # values + indices: running max over all taps, remembering the first winning tap
     taps = _tap_slices(k, dl, st, out)
@@ -224,7 +280,7 @@ def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     if _covers_all(X.shape[2:], k, dl, st, pb, out):
         y = x.reshape(N, C, -1).sum(axis=2, dtype=cdt).reshape((N, C) + (1,) * (X.ndim - 2))
     else:
-        y = _window_reduce(x, k, dl, st, pb, pe_need, out, np.add, cdt, 0)
+        y = _reduce(x, k, dl, st, pb, pe_need, out, np.add, cdt, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         y /= div
     return y if y.dtype == dt else y.astype(dt)
