@@ -91,6 +91,25 @@ def test_a_failing_batch_fails_each_of_its_requests(core):
     assert cm.batch_log == [2]
 
 
+def test_release_lets_handed_over_batches_finish_before_the_device_model_goes(core):
+    import threading
+
+    cm = core.compile_model(MODEL, "BATCH:MOCK.0(2)", {"AUTO_BATCH_TIMEOUT": 60_000})
+    released, device_release = threading.Event(), cm._device_cm.release
+    cm._device_cm.release = lambda: (device_release(), released.set())
+    mock(core, 0).pause()
+    reqs, xs = run_async(cm, 2)  # a full batch: handed to a batch worker, held at the MOCK's gate
+    gathering, gx = run_async(cm, 1, start=2)  # waits for a second sample that will not come
+    cm.release()
+    with pytest.raises(hetero.InferError, match="BATCH:MOCK.0\\(2\\): the compiled model was released"):
+        gathering[0].wait()
+    assert not released.is_set()  # the held batch still uses the device's model
+    mock(core, 0).resume()
+    assert finish(reqs, xs) == ["MOCK.0", "MOCK.0"]
+    assert released.wait(10)
+    assert cm.batch_log == [2]
+
+
 # ---- the batch dimension ----------------------------------------------------------------------------------
 
 def test_batched_graph_shapes(core):

@@ -19,7 +19,9 @@ Running: a request's inputs join the current gather; a gather of n is handed to 
 once; otherwise the batcher thread waits until AUTO_BATCH_TIMEOUT (ms) after the gather's first request
 and then hands over what it has, as one smaller batch. A batch worker concatenates the samples along
 dimension 0, runs the one compiled model, and gives each request its row of every output. An error
-fails every request of that batch. ``batch_log`` lists the batch sizes executed, in order.
+fails every request of that batch. ``batch_log`` lists the batch sizes executed, in order. ``release``
+fails the requests still gathering; batches already handed over still run, and the last batch worker
+to stop releases the device's compiled model (so it is never released under a running batch).
 
 Traced example: ``BATCH:CPU(4)``, AUTO_BATCH_TIMEOUT=100, 6 async requests at once -> rows 0-3 run as
 one batch of 4 immediately; rows 4-5 wait 100 ms, then run as one batch of 2; batch_log [4, 2].
@@ -144,6 +146,7 @@ class _Batcher:
         ctxs = contexts_of(cm, workers)
         make = getattr(cm._runner, "new_context", lambda: None)
         self._workers = []
+        self._live = workers  # batch workers not yet stopped: the last one releases ``cm``
         for i in range(workers):
             ctx = ctxs[i] if i < len(ctxs) else make()
             t = threading.Thread(target=self._worker, args=(ctx,), name=f"{name}-w{i}", daemon=True)
@@ -186,8 +189,13 @@ class _Batcher:
         while True:
             batch = self._batches.get()
             if batch is None:
-                return
+                break
             self._run(batch, ctx)
+        with self._cv:
+            self._live -= 1
+            last = self._live == 0
+        if last:  # every batch handed over has run: nothing uses the device's model any more
+            self.cm.release()
 
     def _run(self, batch: list[Job], ctx) -> None:
         k = len(batch)
@@ -211,6 +219,7 @@ class _Batcher:
             j.finish(outputs={o: np.array(outputs[o][i:i + 1]) for o in self.outputs}, served_by=served)
 
     def close(self) -> None:
+        """Fail the gathering requests, stop the threads; the last batch worker releases ``cm``."""
         with self._cv:
             self._closed = True
             waiting, self._gather = self._gather, []
@@ -286,8 +295,7 @@ class BatchCompiledModel(CompiledModel):
             super().set_property(props)
 
     def release(self) -> None:
-        self._batcher.close()
-        self._device_cm.release()
+        self._batcher.close()  # (its last worker releases the device's compiled model)
         super().release()
 
 
