@@ -274,14 +274,19 @@ def test_bad_data_fails_the_request_not_the_device(core):
 
 def test_release_fails_queued_requests(core):
     cm = core.compile_model(MODEL, "MULTI:MOCK.0(1)")
+    dev_cm = cm._sched._devices["MOCK.0"].compiled
+    released, dev_release = threading.Event(), dev_cm.release
+    dev_cm.release = lambda: (dev_release(), released.set())
     mock(core, 0).pause()
-    reqs, xs = run_async(cm, 3)
-    threading.Timer(0.05, mock(core, 0).resume).start()
-    cm.release()
+    reqs, xs = run_async(cm, 3)  # r0 in flight (held at the gate), r1 and r2 queued
+    cm.release()  # (returns at once; the gate opens only after it, so r1 and r2 are still queued)
+    assert not released.is_set()  # r0 still runs on the device's model
+    mock(core, 0).resume()
     for r in reqs[1:]:
         with pytest.raises(DeviceError, match="released"):
             r.wait()
     assert finish(reqs[:1], xs[:1]) == ["MOCK.0"]
+    assert released.wait(10)  # freed once r0 was done
 
 
 # ---- real devices --------------------------------------------------------------------------------------

@@ -257,14 +257,20 @@ class Scheduler:
             d.idle.clear()
             for w in d.workers:  # under the lock: behind every job already assigned to it
                 w.inbox.put(_STOP)
-        rel = getattr(d.compiled, "release", None)
-        if callable(rel):
-            rel()
-        with self._lock:
-            if d.in_flight == 0:  # (close() with work in flight keeps it until the work is done)
-                d.compiled = None
+        self._free_if_done(d)
         if self._on_release is not None:
             self._on_release(d.name)
+
+    def _free_if_done(self, d: _DeviceState) -> None:
+        """Release a released device's compiled model once no job runs on it (close() with work in
+        flight: the last of those jobs does it, so none runs on a released model)."""
+        with self._lock:
+            if not d.released or d.in_flight or d.compiled is None:
+                return
+            compiled, d.compiled = d.compiled, None
+        rel = getattr(compiled, "release", None)
+        if callable(rel):
+            rel()
 
     def is_released(self, name: str) -> bool:
         return self._devices[name].released
@@ -396,6 +402,8 @@ class Scheduler:
             job.finish(outputs=outputs, served_by=d.name)
         if retire:
             self._release(d)
+        elif d.released:  # released while this job ran
+            self._free_if_done(d)
         return nxt
 
     def _next_for(self, w: _Worker, served: bool = False, in_worker: bool = True) -> tuple[Job | None, bool]:
