@@ -433,9 +433,24 @@ def _prepare_conv(x, w, kernel_shape, strides, dilations, pads, auto_pad):
     return st, dl, pb, pe, out
 
 
+_geom_cache: dict = {}
+
+
+def _t(v):
+    return None if v is None else tuple(v) if not isinstance(v, (str, bytes)) else v
+
+
 def conv_float(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                pads=None, strides=None):
-    st, dl, pb, pe, out = _prepare_conv(x, w, kernel_shape, strides, dilations, pads, auto_pad)
+    # geometry per (shapes, attributes): the same node sees the same key on every inference
+    key = (x.shape, w.shape, _t(kernel_shape), _t(strides), _t(dilations), _t(pads), auto_pad)
+    geo = _geom_cache.get(key)
+    if geo is None:
+        geo = _prepare_conv(x, w, kernel_shape, strides, dilations, pads, auto_pad)
+        if len(_geom_cache) > 4096:
+            _geom_cache.clear()
+        _geom_cache[key] = geo
+    st, dl, pb, pe, out = geo
     odt = np.result_type(x.dtype, w.dtype)
     cdt = _compute_dtype(odt)
     xc = x.astype(cdt, copy=False)
