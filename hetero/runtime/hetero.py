@@ -400,9 +400,10 @@ def query_hetero(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, 
     _, _, _, a = _place(core, graph, parsed, config, strict=False)
     placed = a.as_dict()
     out, reasons = QueryResult(), {}
+    fused = fused_originals(graph)  # (once: it walks every node)
     for n in graph.nodes:  # graph order; originals fused into a node follow it, on its device
         out[n.name], reasons[n.name] = placed[n.name], a.why(n.name)
-        for f, _op in fused_originals(graph).get(n.name, ()):
+        for f, _op in fused.get(n.name, ()):
             out[f], reasons[f] = placed[n.name], f"fused into {n.name}: {a.why(n.name)}"
     out.reasons = reasons
     out.unsupported = {n: dict(v) for n, v in a.unsupported.items()}
