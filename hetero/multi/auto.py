@@ -119,7 +119,7 @@ def select_devices(core, graph: Graph, parsed: ParsedDevice, cfg: Mapping[str, A
         if bad:
             skipped.append((d.name, f"cannot run {len(bad)} node(s), e.g. {bad[0][0]}: {bad[0][1]}"))
             continue
-        why = precision_reason(d, graph, device_config(core, d, cfg, [x.name for x, _ in resolved]))
+        why = precision_reason(d, graph, device_config(d, cfg, [x.name for x, _ in resolved]))
         if why:
             skipped.append((d.name, why))
             continue
@@ -215,13 +215,13 @@ def compile_auto(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, 
     hint = cfg.get("PERFORMANCE_HINT", "LATENCY")
     if hint == "CUMULATIVE_THROUGHPUT":
         resolved = [(by_name[n], spec_of[n]) for n in names]
-        cm = build_scheduled(_CumulativeAuto, core, optimized, graph, resolved, cfg, parsed.text, "THROUGHPUT",
+        cm = build_scheduled(_CumulativeAuto, optimized, graph, resolved, cfg, parsed.text, "THROUGHPUT",
                              "AUTO")
         cm.selection = sel
         return cm
     policy = cfg.get("SCHEDULE_POLICY", "DEVICE_PRIORITY")
     fallback = cfg.get("ENABLE_RUNTIME_FALLBACK", True)
-    acfg = {n: device_config(core, by_name[n], cfg, names) for n in names}
+    acfg = {n: device_config(by_name[n], cfg, names) for n in names}
     accel = names[0]
     helper = next((n for n in names if _device_type(by_name[n]) == "cpu"), None)
     cached = _is_cached(by_name[accel], optimized, acfg[accel])
@@ -246,7 +246,7 @@ def compile_auto(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, 
     full_cfg.setdefault("ENABLE_STARTUP_FALLBACK", True)
 
     def make(helper_name: str | None, accel_name: str) -> AutoCompiledModel:
-        m = AutoCompiledModel(optimized, parsed.text, full_cfg, sched, spec_of, optimal, core=core, selection=sel,
+        m = AutoCompiledModel(optimized, parsed.text, full_cfg, sched, spec_of, optimal, selection=sel,
                               helper=helper_name, accelerator=accel_name)
         m._t0 = t0
         m._compile_state = state
@@ -279,7 +279,7 @@ def compile_auto(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, 
     # 3. the accelerator compiles in the background while the helper serves
     m = make(helper, accel)
     sched.expect(2)  # the accelerator and the helper: requests wait for whichever comes first
-    hcfg = device_config(core, by_name[helper], cfg, names, {"PERFORMANCE_HINT": "LATENCY"})
+    hcfg = device_config(by_name[helper], cfg, names, {"PERFORMANCE_HINT": "LATENCY"})
     bg = threading.Thread(target=_compile_accelerator, args=(m, helper), name=f"{parsed.text}-compile", daemon=True)
     m._event(f"{accel} compiling in the background")
     bg.start()

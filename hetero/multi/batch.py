@@ -310,7 +310,7 @@ def compile_batch(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str,
     n = spec.nreq or DEFAULT_BATCH
     where = parsed.text
     graphs = batched_graphs(graph, n, where)
-    dcfg = device_config(core, dev, cfg, [dev.name])
+    dcfg = device_config(dev, cfg, [dev.name])
     # 3. one executable for every batch size where the device takes a symbolic batch dimension
     dyn = prepare_graph(graphs.dynamic)
     dynamic = all(r is True for r in dev.query(dyn).values())

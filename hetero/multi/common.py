@@ -17,6 +17,7 @@ from ..ir import Graph
 from ..runtime.compiled import CompiledModel
 # shared with HETERO: the properties forwarded to every device, config checks, device lookup, names
 from ..runtime.hetero import FORWARD_KEYS, canon, check_config, resolve  # noqa: F401 - re-exported
+from ..runtime.hetero import device_config as _device_config
 from .scheduler import Job, Scheduler
 
 MULTI_KEYS = ("MULTI_DEVICE_PRIORITIES", "SCHEDULE_POLICY", "ENABLE_RUNTIME_FALLBACK", "DEVICE_PROPERTIES")
@@ -56,19 +57,11 @@ def device_hint(hint: str) -> str:
     return "THROUGHPUT" if hint == "CUMULATIVE_THROUGHPUT" else hint
 
 
-def device_config(core, dev: Device, cfg: Mapping[str, Any], names: list[str],
+def device_config(dev: Device, cfg: Mapping[str, Any], names: list[str],
                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The config ``dev`` compiles with: forwarded keys, then DEVICE_PROPERTIES[dev], then ``overrides``."""
-    base = {k: v for k, v in cfg.items() if k in FORWARD_KEYS and k in dev.settable}
-    if "PERFORMANCE_HINT" in base:
-        base["PERFORMANCE_HINT"] = device_hint(base["PERFORMANCE_HINT"])
-    for token, props in (cfg.get("DEVICE_PROPERTIES") or {}).items():
-        if canon(token, names, "DEVICE_PROPERTIES") == dev.name:
-            if not isinstance(props, Mapping):
-                raise PropertyError(f"DEVICE_PROPERTIES[{token!r}]: expected a dict of properties, got {props!r}")
-            base.update(props)
-    base.update(overrides or {})
-    return dev.config(base)
+    """The config ``dev`` compiles with behind MULTI/AUTO/BATCH: HETERO's rule (forwarded keys, then
+    DEVICE_PROPERTIES[dev], then ``overrides``), with CUMULATIVE_THROUGHPUT given as THROUGHPUT."""
+    return _device_config(dev, cfg, names, overrides, hint=device_hint)
 
 
 def compile_device(dev: Device, graph: Graph, dcfg: Mapping[str, Any], original: Graph | None = None) -> CompiledModel:
@@ -164,12 +157,11 @@ class ScheduledCompiledModel(CompiledModel):
     _settable_after = ("PERF_COUNT", "MULTI_DEVICE_PRIORITIES", "SCHEDULE_POLICY", "ENABLE_RUNTIME_FALLBACK")
 
     def __init__(self, graph: Graph, device_name: str, config: Mapping[str, Any], scheduler: Scheduler,
-                 specs: Mapping[str, DeviceSpec | None], optimal: Callable[[], int], core=None):
+                 specs: Mapping[str, DeviceSpec | None], optimal: Callable[[], int]):
         super().__init__(graph, None, device_name, config, streams=1, execution_devices=[])
         self._sched = scheduler
         self._specs = dict(specs)
         self._optimal = optimal
-        self._core = core
 
     # ---- execution -------------------------------------------------------------------------------
     def _execute(self, feeds, profile, context, request):

@@ -33,13 +33,13 @@ class MultiCompiledModel(ScheduledCompiledModel):
     """MULTI's compiled model: the CompiledModel surface over a Scheduler (see ScheduledCompiledModel)."""
 
 
-def compile_devices(core, optimized: Graph, original: Graph, resolved, cfg: Mapping[str, Any], who: str,
+def compile_devices(optimized: Graph, original: Graph, resolved, cfg: Mapping[str, Any], who: str,
                     hint_default: str) -> tuple[dict[str, Any], dict[str, int]]:
     """Compile ``optimized`` on every (device, spec) at once: ({name: CompiledModel}, {name: workers})."""
     names = [d.name for d, _ in resolved]
     cfg = dict(cfg)
     cfg.setdefault("PERFORMANCE_HINT", hint_default)
-    dcfgs = {d.name: device_config(core, d, cfg, names) for d, _ in resolved}
+    dcfgs = {d.name: device_config(d, cfg, names) for d, _ in resolved}
     results = compile_parallel([(d.name, (lambda d=d: compile_device(d, optimized, dcfgs[d.name], original)))
                                 for d, _ in resolved])
     for name in names:
@@ -53,9 +53,9 @@ def compile_devices(core, optimized: Graph, original: Graph, resolved, cfg: Mapp
     return results, workers
 
 
-def build_scheduled(cls, core, optimized: Graph, original: Graph, resolved, cfg: Mapping[str, Any], name: str,
+def build_scheduled(cls, optimized: Graph, original: Graph, resolved, cfg: Mapping[str, Any], name: str,
                     hint_default: str, who: str) -> ScheduledCompiledModel:
-    compiled, workers = compile_devices(core, optimized, original, resolved, cfg, who, hint_default)
+    compiled, workers = compile_devices(optimized, original, resolved, cfg, who, hint_default)
     sched = Scheduler(name, policy=cfg.get("SCHEDULE_POLICY", "DEVICE_PRIORITY"),
                       runtime_fallback=cfg.get("ENABLE_RUNTIME_FALLBACK", True))
     for d, _ in resolved:
@@ -69,7 +69,7 @@ def build_scheduled(cls, core, optimized: Graph, original: Graph, resolved, cfg:
     full_cfg = dict(cfg)
     full_cfg.setdefault("PERFORMANCE_HINT", hint_default)
     full_cfg["MULTI_DEVICE_PRIORITIES"] = ",".join(d.name for d, _ in resolved)
-    cm = cls(optimized, name, full_cfg, sched, {d.name: s for d, s in resolved}, optimal, core=core)
+    cm = cls(optimized, name, full_cfg, sched, {d.name: s for d, s in resolved}, optimal)
     cm._extra["LOADED_FROM_CACHE"] = all(c.get_property("LOADED_FROM_CACHE") for c in compiled.values())
     debug(f"{name}: workers {workers}, policy {sched.policy}")
     return cm
@@ -85,5 +85,5 @@ def compile_multi(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str,
                                 "or the MULTI_DEVICE_PRIORITIES property")
     resolved = resolve(core, items, parsed.text)
     optimized = prepare_graph(graph)
-    return build_scheduled(MultiCompiledModel, core, optimized, graph, resolved, cfg, parsed.text, "THROUGHPUT",
+    return build_scheduled(MultiCompiledModel, optimized, graph, resolved, cfg, parsed.text, "THROUGHPUT",
                            "MULTI")

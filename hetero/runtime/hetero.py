@@ -25,7 +25,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -116,6 +116,22 @@ def canon(token: Any, names: list[str], where: str, who: str = "") -> str:
     raise PropertyError(f"{where}: device {token!r} is not in {listed}")
 
 
+def device_config(dev: Device, cfg: Mapping[str, Any], names: list[str], overrides: Mapping[str, Any] | None = None,
+                  who: str = "", hint: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """The config ``dev`` (one of the listed ``names``) compiles with: the forwarded keys it accepts
+    (PERFORMANCE_HINT through ``hint`` if given), then DEVICE_PROPERTIES[dev], then ``overrides``."""
+    base = {k: v for k, v in cfg.items() if k in FORWARD_KEYS and k in dev.settable}
+    if hint is not None and "PERFORMANCE_HINT" in base:
+        base["PERFORMANCE_HINT"] = hint(base["PERFORMANCE_HINT"])
+    for token, props in (cfg.get("DEVICE_PROPERTIES") or {}).items():
+        if canon(token, names, "DEVICE_PROPERTIES", who) == dev.name:
+            if not isinstance(props, Mapping):
+                raise PropertyError(f"DEVICE_PROPERTIES[{token!r}]: expected a dict of properties, got {props!r}")
+            base.update(props)
+    base.update(overrides or {})
+    return dev.config(base)
+
+
 def _resolve_devices(core, parsed: ParsedDevice, cfg: Mapping[str, Any]) -> list[Device]:
     items = parsed.items
     text = parsed.text
@@ -138,21 +154,6 @@ def _resolve_devices(core, parsed: ParsedDevice, cfg: Mapping[str, Any]) -> list
 
 def _canon(token: Any, devices: list[Device], where: str) -> str:
     return canon(token, [d.name for d in devices], where, "HETERO")
-
-
-def _device_configs(cfg: Mapping[str, Any], devices: list[Device]) -> dict[str, dict[str, Any]]:
-    per = {d.name: {} for d in devices}
-    for token, props in (cfg.get("DEVICE_PROPERTIES") or {}).items():
-        name = _canon(token, devices, "DEVICE_PROPERTIES")
-        if not isinstance(props, Mapping):
-            raise PropertyError(f"DEVICE_PROPERTIES[{token!r}]: expected a dict of properties, got {props!r}")
-        per[name].update(props)
-    out = {}
-    for d in devices:
-        base = {k: v for k, v in cfg.items() if k in FORWARD_KEYS and k in d.settable}
-        base.update(per[d.name])
-        out[d.name] = d.config(base)
-    return out
 
 
 def _placement_inputs(cfg: Mapping[str, Any], devices: list[Device]) -> tuple[dict[str, str], tuple[Rule, ...]]:
@@ -380,7 +381,8 @@ def _place(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str, Any], 
     nodes a device's compile turned down although its query accepted them."""
     cfg = check_config(config, HETERO_KEYS, "HETERO")
     devices = _resolve_devices(core, parsed, cfg)
-    dev_cfgs = _device_configs(cfg, devices)
+    names = [d.name for d in devices]
+    dev_cfgs = {d.name: device_config(d, cfg, names, who="HETERO") for d in devices}
     manual, rules = _placement_inputs(cfg, devices)
     supported = {d.name: dict(d.query(graph)) for d in devices}
     for dev, nodes in (refused or {}).items():
