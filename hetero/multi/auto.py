@@ -102,7 +102,7 @@ def precision_reason(dev: Device, graph: Graph, cfg: Mapping[str, Any]) -> str |
 
 def select_devices(core, graph: Graph, parsed: ParsedDevice, cfg: Mapping[str, Any]) -> AutoSelection:
     """AUTO's candidates for ``graph`` (already through the graph passes), best first."""
-    items = device_items(parsed, cfg, "AUTO")
+    items, _ = device_items(parsed, cfg, "AUTO")
     if items:
         resolved = resolve(core, items, parsed.text)
     else:

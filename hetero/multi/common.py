@@ -11,12 +11,13 @@ from typing import Any, Callable, Mapping
 
 from .. import properties as P
 from ..devices.base import Device
-from ..devices.registry import DeviceSpec, ParsedDevice, parse
+from ..devices.registry import DeviceSpec, parse
 from ..errors import DeviceStringError, HeteroError, PropertyError
 from ..ir import Graph
+from ..log import debug_level
 from ..runtime.compiled import CompiledModel
 # shared with HETERO: the properties forwarded to every device, config checks, device lookup, names
-from ..runtime.hetero import FORWARD_KEYS, canon, check_config, resolve  # noqa: F401 - re-exported
+from ..runtime.hetero import FORWARD_KEYS, canon, check_config, device_items, resolve  # noqa: F401 - re-exported
 from ..runtime.hetero import device_config as _device_config
 from .scheduler import Job, Scheduler
 
@@ -25,25 +26,9 @@ AUTO_KEYS = MULTI_KEYS + ("ENABLE_STARTUP_FALLBACK",)
 BATCH_KEYS = ("AUTO_BATCH_TIMEOUT", "DEVICE_PROPERTIES")
 
 
-from ..log import debug_level  # noqa: E402
-
-
 def debug(msg: str) -> None:
     if debug_level() >= 1:
         print(f"[hetero] {msg}", file=sys.stderr)
-
-
-def device_items(parsed: ParsedDevice, cfg: Mapping[str, Any], who: str) -> tuple[DeviceSpec, ...]:
-    """The device list from the device string or MULTI_DEVICE_PRIORITIES (they must agree if both)."""
-    items = tuple(i for i in parsed.items if not i.exclude)
-    prop = cfg.get("MULTI_DEVICE_PRIORITIES")
-    if prop:
-        listed = parse(f"{who}:{prop}")
-        if items and [i.name for i in items] != [i.name for i in listed.items]:
-            raise DeviceStringError(f"device string {parsed.text!r} lists {[str(i) for i in items]} but "
-                                    f"MULTI_DEVICE_PRIORITIES says {prop!r}; give one or make them agree")
-        items = tuple(i for i in listed.items if not i.exclude)
-    return items
 
 
 def capped_requests(n: int, cfg: Mapping[str, Any]) -> int:

@@ -79,7 +79,7 @@ def compile_multi(core, graph: Graph, parsed: ParsedDevice, config: Mapping[str,
     from ..runtime.core import prepare_graph
 
     cfg = check_config(config, MULTI_KEYS, "MULTI")
-    items = device_items(parsed, cfg, "MULTI")
+    items, _ = device_items(parsed, cfg, "MULTI")
     if not items:
         raise DeviceStringError(f"device string {parsed.text!r}: MULTI needs a device list, e.g. 'MULTI:GPU,CPU' "
                                 "or the MULTI_DEVICE_PRIORITIES property")

@@ -132,16 +132,22 @@ def device_config(dev: Device, cfg: Mapping[str, Any], names: list[str], overrid
     return dev.config(base)
 
 
-def _resolve_devices(core, parsed: ParsedDevice, cfg: Mapping[str, Any]) -> list[Device]:
-    items = parsed.items
-    text = parsed.text
+def device_items(parsed: ParsedDevice, cfg: Mapping[str, Any], who: str) -> tuple[tuple[DeviceSpec, ...], str]:
+    """The device list of virtual device ``who`` from the device string or MULTI_DEVICE_PRIORITIES
+    (they must agree if both), exclusions ("-CPU", AUTO) left out; and the text it came from."""
+    items, text = tuple(i for i in parsed.items if not i.exclude), parsed.text
     prop = cfg.get("MULTI_DEVICE_PRIORITIES")
     if prop:
-        listed = parse("HETERO:" + str(prop))
+        listed = parse(f"{who}:{prop}")
         if items and [i.name for i in items] != [i.name for i in listed.items]:
             raise DeviceStringError(f"device string {text!r} lists {[str(i) for i in items]} but "
                                     f"MULTI_DEVICE_PRIORITIES says {prop!r}; give one or make them agree")
-        items, text = listed.items, f"HETERO:{prop}"
+        items, text = tuple(i for i in listed.items if not i.exclude), f"{who}:{prop}"
+    return items, text
+
+
+def _resolve_devices(core, parsed: ParsedDevice, cfg: Mapping[str, Any]) -> list[Device]:
+    items, text = device_items(parsed, cfg, "HETERO")
     if not items:
         raise DeviceStringError(f"device string {text!r}: HETERO needs a device list, e.g. 'HETERO:GPU,CPU' "
                                 "or the MULTI_DEVICE_PRIORITIES property")
