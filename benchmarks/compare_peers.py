@@ -6,8 +6,11 @@ in f32):
 1. compile: wall time from the model file to a ready model (hetero ``compile_model(path, dev)``, ORT
    ``InferenceSession(path)``, OpenVINO ``compile_model(path, "CPU")``), LATENCY hint, after one
    throw-away compile per engine (so imports and plugin loading are not charged to the first model).
-2. latency: median of ``--iters`` (>= 30) sync inferences after ``--warmup``; the engines run in
-   rotation (hetero, ORT, OpenVINO, hetero, ...) so drift on a shared machine hits all alike.
+2. latency: median of ``--iters`` (>= 30) sync inferences after ``--warmup``. The engines take turns
+   in three blocks each (hetero, ORT, OpenVINO, hetero, ...) so drift on a shared machine hits all
+   alike; not run by run, because ONNX Runtime's threads spin for a while after each run and on a
+   small machine that slows whichever engine runs next (SqueezeNet on hetero: 33 ms alone, 76 ms
+   interleaved run by run with ORT). Each block starts with one untimed run.
 3. throughput: requests/s with the requests in flight that the THROUGHPUT hint asks for: hetero and
    OpenVINO compile with ``PERFORMANCE_HINT=THROUGHPUT`` and keep OPTIMAL_NUMBER_OF_INFER_REQUESTS
    requests in an AsyncInferQueue; ONNX Runtime has no hint, so it gets the same shape by hand: one
@@ -194,11 +197,15 @@ def measure_model(path: str, engines, iters: int, warmup: int, tput_requests: in
         for _ in range(warmup):
             res[e.name]["outputs"] = runners[e.name]()
     times = collections.defaultdict(list)
-    for _ in range(iters):  # 2. latency, engines in rotation
+    rounds = 3
+    for r in range(rounds):  # 2. latency: engines take turns in blocks
         for e in engines:
-            t0 = time.perf_counter()
-            runners[e.name]()
-            times[e.name].append(time.perf_counter() - t0)
+            run = runners[e.name]
+            run()  # untimed: lets the previous engine's pool threads (ORT spins after a run) go idle
+            for _ in range(iters // rounds + (r < iters % rounds)):
+                t0 = time.perf_counter()
+                run()
+                times[e.name].append(time.perf_counter() - t0)
     for e in engines:
         res[e.name]["latency_ms"] = statistics.median(times[e.name]) * 1e3
     runners.clear()
