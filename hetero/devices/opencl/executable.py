@@ -17,6 +17,7 @@ the read events -- no finish() between kernels; only inputs and outputs cross to
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -106,6 +107,8 @@ class OpenCLExecutable(Executable):
                     k.set_arg(i, a)
             cl.enqueue_nd_range_kernel(queue, k, launch.gsize, launch.lsize)
         queue.finish()
+        # the host copies of the weights are not needed any more (the graph keeps the originals)
+        self.plan = plan = dataclasses.replace(plan, uploads={b: a.reshape(-1)[:0] for b, a in plan.uploads.items()})
         needed = set()
         for li in plan.run_launches:
             needed |= {a.id for a in plan.launches[li].args if isinstance(a, BufRef)}

@@ -257,12 +257,12 @@ class PlanState:
             return bid
         key = (value, np.dtype(want).str)
         if key not in self.converted:
-            from .ops.elementwise import ew_launch
+            from .ops.elementwise import convert_launch
 
             shape, _ = self.info(value)
             out = self.new_buf(_nbytes(shape, want), "value", f"{value}:{np.dtype(want).name}", want)
             nb = NodeBuilder(self, node)
-            ew_launch(nb, "x", [(bid, shape, have)], (out, shape, np.dtype(want)), "float")
+            convert_launch(nb, (bid, shape, have), (out, shape, np.dtype(want)))
             self.launches.extend(nb._launches)
             self.converted[key] = out
         return self.converted[key]

@@ -1,7 +1,8 @@
 // elementwise.cl: one kernel for every broadcasting elementwise op (the table in opencl/ops/elementwise.py).
 //
 // Build options:
-//   -DOP(x,y,z)=expr  the op, on compute-type values x, y, z (and kernel arguments p0, p1)
+//   -DEW_OPS=EW(0,(e0))EW(1,(e1))...  the ops of one family (ops/elementwise.py): expressions on
+//                     compute-type values x, y, z (and kernel arguments p0, p1); argument `op` picks one
 //   -DCT=float|int|long|uchar   compute type
 //   -DTA=... -DTB=... -DTC=... -DTO=...   storage types of inputs a, b, c and output (half: see below)
 //   -DA_HALF / -DB_HALF / -DC_HALF / -DO_HALF   that operand is half storage (vload_half/vstore_half)
@@ -51,7 +52,7 @@ __kernel void ew(__global TO* out, int o_off,
                  int as0, int as1, int as2, int as3, int as4,
                  int bs0, int bs1, int bs2, int bs3, int bs4,
                  int cs0, int cs1, int cs2, int cs3, int cs4,
-                 float p0, float p1) {
+                 float p0, float p1, int op) {
     const int row = (int)get_global_id(1);
     int r = row;
     const int i4 = r % d4; r /= d4;
@@ -63,18 +64,25 @@ __kernel void ew(__global TO* out, int o_off,
     const int bo = b_off + i0 * bs0 + i1 * bs1 + i2 * bs2 + i3 * bs3 + i4 * bs4;
     const int co = c_off + i0 * cs0 + i1 * cs1 + i2 * cs2 + i3 * cs3 + i4 * cs4;
     const int oo = o_off + row * inner;
-    RANGE_BEGIN(inner, 0) {
-        const CT x = LDA(ao + j * A_IS);
-#if ARITY >= 2
-        const CT y = LDB(bo + j * B_IS);
+#ifdef CPU_DEVICE
+    // one contiguous chunk per work-item: each op's loop below vectorises
+    const int chunk = (inner + (int)get_global_size(0) - 1) / (int)get_global_size(0);
+    const int j0 = (int)get_global_id(0) * chunk;
+    const int j1 = min(inner, j0 + chunk);
+#define EW_LOOP for (int j = j0; j < j1; ++j)
 #else
-        const CT y = x;
+    const int j0 = (int)get_global_id(0), step = (int)get_global_size(0), j1 = inner;
+#define EW_LOOP for (int j = j0; j < j1; j += step)
 #endif
-#if ARITY >= 3
-        const CT z = LDC(co + j * C_IS);
+#if ARITY == 1
+#define EW_LOAD const CT x = LDA(ao + j * A_IS); const CT y = x; const CT z = x;
+#elif ARITY == 2
+#define EW_LOAD const CT x = LDA(ao + j * A_IS); const CT y = LDB(bo + j * B_IS); const CT z = x;
 #else
-        const CT z = x;
+#define EW_LOAD const CT x = LDA(ao + j * A_IS); const CT y = LDB(bo + j * B_IS); const CT z = LDC(co + j * C_IS);
 #endif
-        STO(oo + j, OP(x, y, z));
+#define EW(code, expr) case code: EW_LOOP { EW_LOAD STO(oo + j, expr); } break;
+    switch (op) {
+        EW_OPS
     }
 }

@@ -2,8 +2,12 @@
 
 A row gives the op's arity, its OpenCL C expression over compute-type values ``x, y, z`` (and the
 kernel arguments ``p0, p1`` filled from attributes), the element kinds it accepts ("f" float32/16,
-"i" integers, "b" bool) and whether it yields bool. Each (expression, types, broadcast pattern) is
-one program build, shared by every node that needs it.
+"i" integers, "u" unsigned, "b" bool) and whether it yields bool; an expression may have variants
+picked by an attribute (``variant``). Rows of one *family* (unary, rarer unary, binary, unary->bool,
+binary->bool, cast, where) are compiled together: the program for a (family, element types, broadcast pattern)
+holds one loop per expression of the family behind a switch on the op code (``-DEW_OPS=EW(0,(x+y))
+EW(1,(x-y))...``), so a model -- or the test suite -- builds a handful of elementwise programs
+instead of one per op.
 
 Broadcasting: the output shape and each input's (numpy-broadcast) strides are collapsed -- adjacent
 axes merge when every operand is contiguous or broadcast across both -- to at most 5 outer axes plus
@@ -26,9 +30,10 @@ Expr = str | Callable[[NodeBuilder], str]
 class EW:
     op: str
     arity: int            # 1, 2, 3, or -1 (variadic, folded pairwise)
-    expr: dict            # kind ("f", "i", "b") -> expression (or callable(nb) -> expression)
+    expr: dict            # kind ("f", "i", "u", "b") -> expression, or {variant: expression}
     bool_out: bool = False
     params: Callable[[NodeBuilder], tuple[float, float]] | None = None
+    variant: Callable[[NodeBuilder], str] | None = None  # picks the expression variant from attributes
 
 
 def _p(*names_defaults):
@@ -38,26 +43,31 @@ def _p(*names_defaults):
     return get
 
 
-def _gelu(nb: NodeBuilder) -> str:
-    if nb.attr("approximate", "none") == "tanh":
-        return "0.5f*x*(1.0f+tanh(0.7978845608028654f*(x+0.044715f*x*x*x)))"
-    return "0.5f*x*(1.0f+erf(x*0.7071067811865476f))"
+_GELU = {"none": "0.5f*x*(1.0f+erf(x*0.7071067811865476f))",
+         "tanh": "0.5f*x*(1.0f+tanh(0.7978845608028654f*(x+0.044715f*x*x*x)))"}
+# C's % truncates (ONNX fmod=1); fmod=0 takes the divisor's sign (Python). x % 0 -> 0, never a trap.
+_MOD_INT = {"fmod1": "(y==0?0:x%y)", "fmod0": "(y==0?0:((x%y!=0&&((x<0)!=(y<0)))?x%y+y:x%y))"}
+# shifting by the type width or more is undefined in C; numpy gives 0
+_SHIFT = {"LEFT": "(y>=sizeof(x)*8?0:(x<<y))", "RIGHT": "(y>=sizeof(x)*8?0:(x>>y))"}
 
 
-def _mod_int(nb: NodeBuilder) -> str:
-    # C's % truncates (ONNX fmod=1); fmod=0 takes the divisor's sign (Python). x % 0 -> 0, never a trap.
-    if int(nb.attr("fmod", 0)):
-        return "(y==0?0:x%y)"
-    return "(y==0?0:((x%y!=0&&((x<0)!=(y<0)))?x%y+y:x%y))"
+def _gelu_variant(nb: NodeBuilder) -> str:
+    v = nb.attr("approximate", "none")
+    if v not in _GELU:
+        raise Unsupported(f"Gelu: approximate {v!r} not supported")
+    return v
 
 
-def _bitshift(nb: NodeBuilder) -> str:
+def _mod_variant(nb: NodeBuilder) -> str:
+    return "fmod1" if int(nb.attr("fmod", 0)) else "fmod0"
+
+
+def _shift_variant(nb: NodeBuilder) -> str:
     d = nb.attr("direction")
     d = d.decode() if isinstance(d, bytes) else d
-    if d not in ("LEFT", "RIGHT"):
+    if d not in _SHIFT:
         raise Unsupported(f"BitShift: direction {d!r}")
-    # shifting by the type width or more is undefined in C; numpy gives 0
-    return "(y>=sizeof(x)*8?0:(x<<y))" if d == "LEFT" else "(y>=sizeof(x)*8?0:(x>>y))"
+    return d
 
 
 F = "f"
@@ -72,8 +82,8 @@ TABLE: dict[str, EW] = {r.op: r for r in [
     EW("Div", 2, {"f": "x/y"}),
     EW("Pow", 2, {"f": "pow(x,y)"}),
     EW("PRelu", 2, {"f": "(x<0.0f?x*y:x)"}),
-    EW("Mod", 2, {"f": "fmod(x,y)", "i": _mod_int}),
-    EW("BitShift", 2, {"u": _bitshift}),
+    EW("Mod", 2, {"f": "fmod(x,y)", "i": _MOD_INT}, variant=_mod_variant),
+    EW("BitShift", 2, {"u": _SHIFT}, variant=_shift_variant),
     # variadic
     EW("Sum", -1, {"f": "x+y", "i": "x+y"}),
     EW("Mean", -1, {"f": "x+y"}),
@@ -121,7 +131,7 @@ TABLE: dict[str, EW] = {r.op: r for r in [
     EW("Softplus", 1, {F: "log(exp(x)+1.0f)"}),
     EW("Softsign", 1, {F: "x/(1.0f+fabs(x))"}),
     EW("Mish", 1, {F: "x*tanh(log1p(exp(x)))"}),
-    EW("Gelu", 1, {F: _gelu}),
+    EW("Gelu", 1, {F: _GELU}, variant=_gelu_variant),
     EW("Elu", 1, {F: "(x<0.0f?p0*(exp(x)-1.0f):x)"}, params=_p(("alpha", 1.0))),
     EW("Selu", 1, {F: "(x<=0.0f?p1*(p0*exp(x)-p0):p1*x)"},
        params=_p(("alpha", 1.67326319217681884765625), ("gamma", 1.05070102214813232421875))),
@@ -131,6 +141,52 @@ TABLE: dict[str, EW] = {r.op: r for r in [
     EW("HardSigmoid", 1, {F: "fmax(0.0f,fmin(1.0f,p0*x+p1))"}, params=_p(("alpha", 0.2), ("beta", 0.5))),
     EW("HardSwish", 1, {F: "x*fmax(0.0f,fmin(1.0f,x*(1.0f/6.0f)+0.5f))"}),
 ]}
+
+# expressions the planners use besides the table rows: (family, name) -> {kind: expression}
+_EXTRA = {
+    ("binary", "MeanLast"): {"f": "(x+y)*p0"},
+    ("unary", "Clip"): {"f": "(x<p0?p0:(x>p1?p1:x))"},
+    ("cast", "Copy"): {"f": "x", "i": "x", "u": "x", "b": "x"},
+    ("cast", "ToBool"): {"f": "(x!=0)", "i": "(x!=0)", "u": "(x!=0)", "b": "(x!=0)"},
+    ("where", "Where"): {"f": "(x!=0?y:z)", "i": "(x!=0?y:z)", "u": "(x!=0?y:z)"},
+}
+
+
+# unary ops kept out of the common unary program (smaller to build for the usual models)
+_RARE = {"Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Selu", "Celu",
+         "Mish", "Softsign", "ThresholdedRelu", "Erf"}
+
+
+def family_of(row: EW) -> str:
+    if row.arity == 1:
+        return "unary_bool" if row.bool_out else ("unary_rare" if row.op in _RARE else "unary")
+    return "binary_bool" if row.bool_out else "binary"
+
+
+def _kind_exprs(exprs: dict, kind: str) -> dict | str | None:
+    """A row's expression(s) for a kind; unsigned integers fall back to the integer expressions."""
+    if kind in exprs:
+        return exprs[kind]
+    return exprs.get("i") if kind == "u" else None
+
+
+def _build_entries() -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(family, kind) -> [(entry name, expression)]: the op codes are the list positions."""
+    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    rows = [(family_of(r), r.op, r.expr) for r in TABLE.values()] + [(f, n, e) for (f, n), e in _EXTRA.items()]
+    for family, name, exprs in rows:
+        for kind in ("f", "i", "u", "b"):
+            e = _kind_exprs(exprs, kind)
+            if e is None:
+                continue
+            items = sorted(e.items()) if isinstance(e, dict) else [("", e)]
+            for variant, expr in items:
+                out.setdefault((family, kind), []).append((f"{name}:{variant}" if variant else name, expr))
+    return out
+
+
+ENTRIES = _build_entries()
+
 
 INT_CT = {np.dtype(np.int8): "int", np.dtype(np.int16): "int", np.dtype(np.int32): "int",
           np.dtype(np.int64): "long", np.dtype(np.uint8): "uint", np.dtype(np.uint16): "uint",
@@ -184,16 +240,20 @@ def broadcast_layout(out_shape, in_shapes) -> tuple[list[int], list[list[int]]]:
     return dims, strides
 
 
-def ew_launch(nb: NodeBuilder, expr: str, ins: list[tuple[int, tuple, np.dtype]], out: tuple[int, tuple, np.dtype],
-              ct: str, p0: float = 0.0, p1: float = 0.0) -> None:
-    """One elementwise launch: ``ins`` are (buf, shape, device dtype), ``out`` likewise."""
+def ew_launch(nb: NodeBuilder, family: str, kind: str, name: str, ins: list[tuple[int, tuple, np.dtype]],
+              out: tuple[int, tuple, np.dtype], ct: str, p0: float = 0.0, p1: float = 0.0) -> None:
+    """One elementwise launch of entry ``name`` of ``family`` for element ``kind``: ``ins`` are (buf,
+    shape, device dtype), ``out`` likewise."""
+    entries = ENTRIES[(family, kind)]
+    code = next(i for i, (n, _) in enumerate(entries) if n == name)
+    ops = "".join(f"EW({i},({e.replace(' ', '')}))" for i, (_, e) in enumerate(entries))
     obuf, oshape, odt = out
     dims, strides = broadcast_layout(oshape, [s for _, s, _ in ins])
     if len(dims) > 6:
         raise Unsupported(f"{nb.op}: broadcast over more than 6 independent axes")
     inner = dims[-1]
     outer = [1] * (6 - len(dims)) + dims[:-1]
-    defines = nb.base_defines() + [("OP(x,y,z)", expr.replace(" ", "")), ("CT", ct), ("ARITY", len(ins))]
+    defines = nb.base_defines() + [("EW_OPS", ops), ("CT", ct), ("ARITY", len(ins))]
     args = [BufRef(obuf), 0]
     role_strides = []
     for k, role in enumerate("ABC"):
@@ -222,7 +282,7 @@ def ew_launch(nb: NodeBuilder, expr: str, ins: list[tuple[int, tuple, np.dtype]]
     args += [inner] + outer[1:]
     for st in role_strides:
         args += st
-    args += [float(p0), float(p1)]
+    args += [float(p0), float(p1), code]
     nb.launch("elementwise.cl", "ew", defines, (chunks, rows), None, args,
               reads=[b for b, _, _ in ins], writes=[obuf])
 
@@ -231,11 +291,19 @@ def _kinds_check(nb: NodeBuilder, row: EW, dtypes: list[np.dtype]) -> str:
     if len(set(dtypes)) > 1:
         raise Unsupported(f"{nb.op}: mixed element types {sorted(map(str, set(dtypes)))} not supported")
     k = kind_of(dtypes[0])
-    if k == "u" and k not in row.expr:
-        k = "i"  # unsigned integers use the integer row
-    if k not in row.expr:
+    if _kind_exprs(row.expr, k) is None:
         raise Unsupported(f"{nb.op}: {dtypes[0]} not supported")
     return k
+
+
+def _entry(nb: NodeBuilder, row: EW, kind: str) -> str:
+    e = _kind_exprs(row.expr, kind)
+    if isinstance(e, dict):
+        v = row.variant(nb)
+        if v not in e:
+            raise Unsupported(f"{nb.op}: {v} not supported for {kind!r} elements")
+        return f"{row.op}:{v}"
+    return row.op
 
 
 @planner(*TABLE)
@@ -249,9 +317,8 @@ def plan_elementwise(nb: NodeBuilder) -> None:
         raise Unsupported(f"{nb.op}: expected {row.arity} inputs, got {len(idx)}")
     dtypes = [nb.dtype(i) for i in idx]
     k = _kinds_check(nb, row, dtypes)
-    expr = row.expr[k]
-    if callable(expr):
-        expr = expr(nb)
+    name = _entry(nb, row, k)
+    family = family_of(row)
     ct = compute_type(dtypes[0])
     p0, p1 = row.params(nb) if row.params else (0.0, 0.0)
     out_dt = nb.dev_dtype(nb.out_dtype(0))
@@ -262,7 +329,7 @@ def plan_elementwise(nb: NodeBuilder) -> None:
     oshape = nb.out_shape(0)
     ins = [(nb.buf(i), nb.shape(i), nb.dev_dtype(nb.dtype(i))) for i in idx]
     if row.arity != -1:
-        ew_launch(nb, expr, ins, (nb.out_buf(0), oshape, out_dt), ct, p0, p1)
+        ew_launch(nb, family, k, name, ins, (nb.out_buf(0), oshape, out_dt), ct, p0, p1)
         return
     # variadic: fold pairwise into the output buffer
     if len(ins) == 1:
@@ -275,8 +342,8 @@ def plan_elementwise(nb: NodeBuilder) -> None:
     for j in range(1, len(ins)):
         first = ins[0] if j == 1 else (out, oshape, out_dt)
         last = j == len(ins) - 1
-        e = "(x+y)*p0" if (mean and last) else expr
-        ew_launch(nb, e, [first, ins[j]], (out, oshape, out_dt), ct, 1.0 / len(ins) if mean else 0.0)
+        e = "MeanLast" if (mean and last) else name
+        ew_launch(nb, family, k, e, [first, ins[j]], (out, oshape, out_dt), ct, 1.0 / len(ins) if mean else 0.0)
 
 
 @planner("Clip")
@@ -291,10 +358,9 @@ def plan_clip(nb: NodeBuilder) -> None:
         lo = float(nb.require_host(1, "min").ravel()[0]) if nb.has_input(1) else -np.inf
         hi = float(nb.require_host(2, "max").ravel()[0]) if nb.has_input(2) else np.inf
     lo32, hi32 = np.float32(lo), np.float32(hi)
-    expr = "(x<p0?p0:(x>p1?p1:x))"
     if np.isnan(lo32) or np.isnan(hi32):
         raise Unsupported("Clip: NaN bounds not supported")
-    ew_launch(nb, expr, [(nb.buf(0), nb.shape(0), nb.dev_dtype(dt))],
+    ew_launch(nb, "unary", "f", "Clip", [(nb.buf(0), nb.shape(0), nb.dev_dtype(dt))],
               (nb.out_buf(0), nb.out_shape(0), nb.dev_dtype(nb.out_dtype(0))), "float", float(lo32), float(hi32))
 
 
@@ -310,10 +376,18 @@ def plan_where(nb: NodeBuilder) -> None:
         raise Unsupported(f"Where: {dts[0]} not supported")
     ct = compute_type(dts[0])
     ins = [(nb.buf(i), nb.shape(i), nb.dev_dtype(nb.dtype(i))) for i in range(3)]
-    ew_launch(nb, "(x!=0?y:z)", ins, (nb.out_buf(0), nb.out_shape(0), nb.dev_dtype(nb.out_dtype(0))), ct)
+    ew_launch(nb, "where", k, "Where", ins, (nb.out_buf(0), nb.out_shape(0), nb.dev_dtype(nb.out_dtype(0))), ct)
 
 
 _CASTABLE = set(FLOATS) | set(INT_CT) | {np.dtype(np.bool_)}
+
+
+def convert_launch(nb: NodeBuilder, src: tuple[int, tuple, np.dtype], dst: tuple[int, tuple, np.dtype]) -> None:
+    """Copy with element type conversion (Cast, and mixed-precision half <-> float copies)."""
+    sdt, ddt = np.dtype(src[2]), np.dtype(dst[2])
+    k = kind_of(sdt)
+    ct = "float" if k == "f" else compute_type(sdt)
+    ew_launch(nb, "cast", k, "ToBool" if ddt == np.bool_ else "Copy", [src], dst, ct)
 
 
 @planner("Cast", "CastLike")
@@ -326,9 +400,6 @@ def plan_cast(nb: NodeBuilder) -> None:
         nb.alias(0, 0)
         nb.kind = "alias"
         return
-    expr = "(x!=0)" if dst == np.bool_ else "x"
-    ct = compute_type(src) if kind_of(src) != "f" else "float"
-    if kind_of(src) == "f" and kind_of(dst) == "i":
-        ct = "float"
-    ew_launch(nb, expr, [(nb.buf(0), nb.shape(0), nb.dev_dtype(src))],
-              (nb.out_buf(0), nb.out_shape(0), nb.dev_dtype(dst)), ct)
+    # a bool output is stored as uchar: ToBool maps nonzero to 1
+    out_dt = np.dtype(np.bool_) if dst == np.bool_ else nb.dev_dtype(dst)
+    convert_launch(nb, (nb.buf(0), nb.shape(0), nb.dev_dtype(src)), (nb.out_buf(0), nb.out_shape(0), out_dt))
