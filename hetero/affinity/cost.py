@@ -55,6 +55,12 @@ class Costs:
     io_time: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     #: seconds per subgraph (dispatch + sync); only island absorption sees it
     subgraph_overhead: float = 0.0
+    #: per-device overhead of one region (a device with a fixed per-run cost, e.g. a launch latency,
+    #: pays it for its own regions only); devices missing here pay ``subgraph_overhead``
+    device_overhead: Mapping[str, float] = field(default_factory=dict)
+
+    def overhead_of(self, device: str) -> float:
+        return self.device_overhead.get(device, self.subgraph_overhead)
 
 
 @dataclass(frozen=True)
@@ -147,8 +153,9 @@ def total_cost(graph: Graph, device_of: Mapping[str, str], costs: Costs,
         transfer += costs.transfer_time.get(f.value, 0.0) * len(dsts - {src})
         if f.is_output:
             io += costs.io_time.get(src, {}).get(f.value, 0.0)
-    nreg = len(regions(graph, device_of, fl)) if graph.nodes else 0
-    return CostBreakdown(compute, transfer, io, nreg * costs.subgraph_overhead, nreg)
+    regs = regions(graph, device_of, fl) if graph.nodes else []
+    overhead = sum(costs.overhead_of(device_of[r[0]]) for r in regs)
+    return CostBreakdown(compute, transfer, io, overhead, len(regs))
 
 
 # ---- the binary cut ------------------------------------------------------------------------------
@@ -352,7 +359,7 @@ def optimise(graph: Graph, candidates: Mapping[str, tuple[str, ...]], fixed: Map
 def _restrict(costs: Costs, candidates: Mapping[str, tuple[str, ...]]) -> Costs:
     """Costs where a node has no time on a device that cannot run it (so the cut never puts it there)."""
     nt = {d: {n: v for n, v in m.items() if d in candidates.get(n, (d,))} for d, m in costs.node_time.items()}
-    return Costs(nt, costs.transfer_time, costs.io_time, costs.subgraph_overhead)
+    return Costs(nt, costs.transfer_time, costs.io_time, costs.subgraph_overhead, costs.device_overhead)
 
 
 # ---- estimating costs from device profiles --------------------------------------------------------
@@ -431,4 +438,4 @@ def estimate_costs(graph: Graph, profiles: Mapping[str, DeviceProfile],
                 if not p.host_memory:
                     io[d][f.value] = move(p, nb)
     overhead = max((p.subgraph_overhead_s for p in profiles.values()), default=0.0)
-    return Costs(node_time, transfer, io, overhead)
+    return Costs(node_time, transfer, io, overhead, {d: p.subgraph_overhead_s for d, p in profiles.items()})

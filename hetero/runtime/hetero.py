@@ -316,10 +316,15 @@ def _node_runner(dev: Device, cfg: Mapping[str, Any], graph: Graph, node):
 
 
 def _time_node(runners: Mapping[str, Any], graph: Graph, node, profiles: Mapping[str, DeviceProfile],
-               reps: int = 5) -> dict[str, float]:
+               estimate: Mapping[str, float] | None = None, reps: int = 5) -> dict[str, float]:
     """Seconds ``node`` takes on each device of ``runners``: runs interleaved across devices (so a
     burst of other load hits all of them alike), the fastest kept, minus the subgraph's fixed
-    overhead and, for devices with their own memory, the node's input/output transfers."""
+    overhead and, for devices with their own memory, the node's input/output transfers.
+
+    The result is never below ``estimate[device]`` (the node's time from the device's calibrated FLOP
+    rate and bandwidth): a difference of two noisy timings that falls under what the device's own
+    rates allow is noise. (Seen: a device 50x slower than the CPU, whose per-run overhead dwarfs a
+    tiny node, measured at 1 us per node and won every node.)"""
     best = {d: float("inf") for d in runners}
     for _ in range(reps):
         for d, run in runners.items():
@@ -341,7 +346,7 @@ def _time_node(runners: Mapping[str, Any], graph: Graph, node, profiles: Mapping
         if not prof.host_memory:
             for v in moved:
                 t -= prof.link_latency_s + (graph.info(v).nbytes or 0) / prof.link_bytes_per_s
-        out[d] = max(t, prof.node_overhead_s)
+        out[d] = max(t, prof.node_overhead_s, (estimate or {}).get(d, 0.0))
     return out
 
 
@@ -368,7 +373,8 @@ def measured_costs(graph: Graph, devices: list[Device], dev_cfgs: Mapping[str, M
                 and (d.name, cfg_key[d.name], sig) not in _NODE_TIMES]
         if todo:
             runners = {d.name: r for d in todo if (r := _node_runner(d, dev_cfgs[d.name], graph, node)) is not None}
-            got = _time_node(runners, graph, node, profiles)
+            got = _time_node(runners, graph, node, profiles,
+                             {d: base.node_time.get(d, {}).get(node.name, 0.0) for d in runners})
             for d in todo:
                 _NODE_TIMES[(d.name, cfg_key[d.name], sig)] = got.get(d.name)
         for d in devices:
@@ -376,7 +382,7 @@ def measured_costs(graph: Graph, devices: list[Device], dev_cfgs: Mapping[str, M
             if t is not None:
                 for n in names:
                     node_time[d.name][n] = t
-    return Costs(node_time, base.transfer_time, base.io_time, base.subgraph_overhead)
+    return Costs(node_time, base.transfer_time, base.io_time, base.subgraph_overhead, base.device_overhead)
 
 
 # ---- 3-4. placement ------------------------------------------------------------------------------
