@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import InferError, PropertyError, suggest
+from ..errors import DeviceError, InferError, PropertyError, suggest
 from ..ir import Graph, TensorInfo
 from .. import properties as P
 from .. import trace as _trace
@@ -84,19 +84,15 @@ class StreamPool:
         self._threads: list[threading.Thread] = []
         self._name = name
         self._started = False
+        self._closed = False
         self._lock = threading.Lock()
 
-    def _ensure_workers(self) -> None:
-        if self._started:
-            return
-        with self._lock:
-            if self._started:
-                return
-            for i in range(self.n):
-                t = threading.Thread(target=self._worker, name=f"{self._name}-stream{i}", daemon=True)
-                t.start()
-                self._threads.append(t)
-            self._started = True
+    def _start_locked(self) -> None:
+        for i in range(self.n):
+            t = threading.Thread(target=self._worker, name=f"{self._name}-stream{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._started = True
 
     def _worker(self) -> None:
         while True:
@@ -110,18 +106,29 @@ class StreamPool:
                 self._contexts.put(ctx)
 
     def submit(self, job: Callable[[Any], None]) -> None:
-        self._ensure_workers()
-        self._jobs.put(job)
+        with self._lock:  # under the lock close() takes: no job can slip in behind the stop markers
+            if self._closed:
+                raise DeviceError(f"{self._name}: the compiled model was released; compile it again")
+            if not self._started:
+                self._start_locked()
+            self._jobs.put(job)
 
     def borrow(self):
+        if self._closed:
+            raise DeviceError(f"{self._name}: the compiled model was released; compile it again")
         return self._contexts.get()
 
     def give_back(self, ctx) -> None:
         self._contexts.put(ctx)
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
+        """Stop the workers once the jobs already queued have run; later submits raise DeviceError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for _ in self._threads:
+                self._jobs.put(None)
 
 
 from ..log import debug_level as _debug_level  # noqa: E402
