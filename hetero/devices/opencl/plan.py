@@ -399,6 +399,11 @@ class NodeBuilder:
             raise Unsupported(f"{self.op}: empty launch {gsize}")
         if lsize is not None:
             lsize = tuple(int(x) for x in lsize)
+        elif self.caps.is_cpu:
+            # a fixed work-group of one item: PoCL compiles one work-group function per local size,
+            # and with a free choice it picks a different one for many global sizes (each a compile
+            # at first launch); a group costs it only ~30 ns, and every item here loops over a row
+            lsize = (1,) * len(gsize)
         conv = []
         for a in args:
             if isinstance(a, BufRef):
