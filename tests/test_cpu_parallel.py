@@ -66,3 +66,23 @@ def test_busy_pool_runs_inline(two_threads):
 def test_split_ranges_cover_exactly():
     assert P.split(10, 3) == [(0, 3), (3, 6), (6, 10)]
     assert P.split(1, 4) == [(0, 1)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_forked_child_gets_a_fresh_pool(two_threads):
+    import multiprocessing as mp
+
+    P.run([lambda: None, lambda: None])  # the parent's pool exists
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:  # would hang on the parent's (absent) workers without the at-fork reset
+        got = pool.apply_async(_split_matmul_in_child).get(timeout=60)
+    assert got
+
+
+def _split_matmul_in_child():
+    P.THREADS = 2
+    a = np.ones((64, 512), np.float32)
+    b = np.ones((512, 1024), np.float32)
+    out = np.empty((64, 1024), np.float32)
+    P.matmul(a, b, out)
+    return bool((out == 512).all())

@@ -119,6 +119,17 @@ def _get_pool() -> _Pool | None:
     return _pool
 
 
+def _reset_after_fork() -> None:
+    """A forked child has none of the parent's pool threads: start a fresh pool on first use."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def run(tasks) -> None:
     """Run the callables in ``tasks`` (at most THREADS of them at once) and wait for all."""
     tasks = list(tasks)
