@@ -503,15 +503,24 @@ class _RunContext:
 
 
 class _ReorderExec:
-    """Runs one Reorder: download from device memory, precision/layout conversion, upload."""
+    """Runs one Reorder: download from device memory, precision/layout conversion, upload.
 
-    def __init__(self, r: Reorder, devices: Mapping[str, Device], dst_takes_handles: bool):
+    ``up_dtype``: the dtype the destination executable's device buffers hold (its
+    ``input_precision``, float16 for an f16 GPU subgraph) when it takes device handles; the value
+    is converted to it on the host before the upload. Otherwise the destination gets a host array
+    in the model's dtype (``r.dst_dtype``)."""
+
+    def __init__(self, r: Reorder, devices: Mapping[str, Device], dst_takes_handles: bool,
+                 up_dtype: np.dtype | None = None):
         self.r = r
         self.key = (r.value, r.dst_device)
         self.src = devices.get(r.src_device)
         self.dst = devices.get(r.dst_device)
-        self.want = np.dtype(r.dst_dtype) if r.dst_dtype else None
         self.upload = r.transfer in ("upload", "device-to-device") and dst_takes_handles
+        want = np.dtype(r.dst_dtype) if r.dst_dtype else None
+        if self.upload and up_dtype is not None:
+            want = np.dtype(up_dtype)
+        self.want = want
         self.layout = r.src_layout != r.dst_layout
         self.label = f"{r.src_device}->{r.dst_device}:"
         self.src_device_memory = self.src is not None and not _host_memory(self.src)
@@ -519,22 +528,11 @@ class _ReorderExec:
 
     def move(self, x: Any) -> Any:
         """``apply`` without the bookkeeping (no profiling asked)."""
-        if self.src_device_memory and x is not None and not isinstance(x, (np.ndarray, list, tuple, np.generic)):
-            x = self.src.download(x)
-        if self.layout:
-            conv = getattr(self.src, "to_plain", None)
-            if conv is not None:
-                x = conv(x)
-        want = self.want
-        if want is not None and type(x) is np.ndarray and x.dtype != want and x.dtype.kind == "f" \
-                and want.kind == "f":
-            x = x.astype(want)
-        if self.upload:
-            x = self.dst.upload(x)
-        return x
+        return self.apply(x)[0]
 
     def apply(self, x: Any) -> tuple[Any, str, int]:
-        """Move ``x``; return (moved value, what was done for profiling, bytes)."""
+        """Move ``x``; return (moved value, what was done for profiling, bytes the destination gets:
+        uploaded for an upload, else the host array after conversion)."""
         done = []
         if self.src_device_memory and x is not None and not isinstance(x, (np.ndarray, list, tuple, np.generic)):
             x = self.src.download(x)  # a device handle the source executable kept in its memory
@@ -551,7 +549,7 @@ class _ReorderExec:
             x = x.astype(want)
         nbytes = int(x.nbytes) if isinstance(x, np.ndarray) else int(self.r.nbytes or 0)
         if self.upload:
-            x = self.dst.upload(x)
+            x = self.dst.upload(np.asarray(x))
             done.append("upload")
         return x, self.label + ("+".join(done) or "handoff"), nbytes
 
@@ -599,7 +597,7 @@ class _StageWorkers:
 
 
 class _Stage:
-    __slots__ = ("sg", "exe", "device", "feeds", "out_reorders", "users", "workers")
+    __slots__ = ("sg", "exe", "call", "device", "feeds", "out_reorders", "users", "workers")
 
 
 class PlanRunner:
@@ -610,15 +608,27 @@ class PlanRunner:
         self.plan = plan
         self.devices = dict(devices)
         sgs = plan.subgraphs
-        takes_handles = {s.id: bool(getattr(exes[s.id], "accepts_device_inputs", False)) for s in sgs}
-        self.reorders = [_ReorderExec(r, devices, all(takes_handles[k] for k in r.dst_subgraphs) and bool(r.dst_subgraphs))
-                         for r in plan.reorders]
+        # a plugin hook: an executable with accepts_device_inputs and run_device(feeds, ctx, profile)
+        # takes device handles (Device.upload) and hands its outputs out as handles, so the
+        # Reorders around it do the real uploads, downloads and f32 <-> f16 conversions
+        takes_handles = {s.id: bool(getattr(exes[s.id], "accepts_device_inputs", False))
+                         and callable(getattr(exes[s.id], "run_device", None)) for s in sgs}
+        self.reorders = []
+        for r in plan.reorders:
+            dst_ok = bool(r.dst_subgraphs) and all(takes_handles[k] for k in r.dst_subgraphs)
+            up = None
+            if dst_ok:  # every consumer subgraph must want the same device dtype, else host arrays
+                kinds = {str(getattr(exes[k], "input_precision", {}).get(r.value, "")) for k in r.dst_subgraphs}
+                dst_ok = len(kinds) == 1
+                up = np.dtype(kinds.pop()) if dst_ok and "" not in kinds else None
+            self.reorders.append(_ReorderExec(r, devices, dst_ok, up))
         moved = {ro.key for ro in self.reorders}
         self.input_reorders = [ro for ro in self.reorders if ro.r.src_subgraph is None]
         self.stages: list[_Stage] = []
         for s in sgs:
             st = _Stage()
             st.sg, st.exe, st.device = s, exes[s.id], s.device
+            st.call = st.exe.run_device if takes_handles[s.id] else st.exe.run
             # where each input comes from: a Reorder's result or the value as produced
             st.feeds = tuple((v, (v, s.device) if (v, s.device) in moved else None) for v in s.inputs)
             st.out_reorders = tuple(ro for ro in self.reorders if ro.r.src_subgraph == s.id)
@@ -649,9 +659,9 @@ class PlanRunner:
         try:
             if tr.enabled:  # execution trace: one span per subgraph run, on its device's row
                 with tr.span(st.device, st.sg.label, rid, cat="subgraph", nodes=len(st.sg.nodes)):
-                    out = st.exe.run(feeds, ctx, recs)
+                    out = st.call(feeds, ctx, recs)
             else:
-                out = st.exe.run(feeds, ctx, recs)
+                out = st.call(feeds, ctx, recs)
         except HeteroError:
             raise
         except Exception as e:

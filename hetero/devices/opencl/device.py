@@ -166,9 +166,10 @@ class OpenCLDevice(Device):
         if not isinstance(handle, DeviceTensor):
             raise DeviceError(f"{self.name}: download expects a DeviceTensor from upload(), got {type(handle).__name__}")
         out = np.empty(handle.shape, handle.dtype)
+        ctx = self.context  # (takes _ctx_lock itself: not inside it)
         with self._ctx_lock:
             if self._queue is None:
-                self._queue = cl.CommandQueue(self.context, self.cl_device)
+                self._queue = cl.CommandQueue(ctx, self.cl_device)
             q = self._queue
         if out.nbytes:
             cl.enqueue_copy(q, out, handle.buffer)

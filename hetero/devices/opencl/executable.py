@@ -228,6 +228,93 @@ class OpenCLExecutable(Executable):
                 self._profile(events, profile)
         return outs
 
+    # ---- device level (HETERO's Reorders do the transfers and the f16 <-> f32 conversion) ------
+    # With run_device a HETERO plan moves a GPU subgraph's inputs and outputs in its own Reorder
+    # nodes (upload / download, timed there); run() above keeps doing all of it internally.
+    accepts_device_inputs = True
+
+    @property
+    def input_precision(self) -> dict[str, np.dtype]:
+        """{input: the dtype its device buffer holds} (float16 for an f16 subgraph's float inputs)."""
+        return {s.name: np.dtype(s.dev_dtype) for s in self.plan.inputs}
+
+    @property
+    def output_precision(self) -> dict[str, np.dtype]:
+        """{output: the dtype run_device hands it out in}."""
+        return {s.name: np.dtype(s.dev_dtype) if s.buf is not None else np.asarray(s.host).dtype
+                for s in self.plan.outputs}
+
+    def run_device(self, feeds: Mapping[str, Any], context: Any = None,
+                   profile: list[ProfileRecord] | None = None) -> dict[str, Any]:
+        """run() without the host crossings: a feed is a DeviceTensor of this device (``upload``;
+        copied buffer to buffer on the device, and it must already be in ``input_precision``) or a
+        host array (uploaded and converted here, as run() does); every output is a fresh DeviceTensor
+        in ``output_precision`` (a compile-time constant output is a host array). Returns once the
+        outputs are complete on the device."""
+        import pyopencl as cl
+
+        from .device import DeviceTensor
+        from .plan import SLACK_BYTES as slack
+
+        if context is None:
+            with self._default_lock:
+                if self._default is None:
+                    self._default = self.new_context()
+            context = self._default
+        plan = self.plan
+        dev = self._device
+        with context.lock:
+            q = context.queue
+            keep = []
+            try:
+                for spec in plan.inputs:
+                    if spec.name not in feeds:
+                        raise InferError(f"{self.device_name}: missing input {spec.name!r}")
+                    x = feeds[spec.name]
+                    want = np.dtype(spec.dev_dtype)
+                    if isinstance(x, DeviceTensor):
+                        if tuple(x.shape) != tuple(spec.shape) or np.dtype(x.dtype) != want:
+                            raise InferError(f"{self.device_name}: device input {spec.name!r} is {x.dtype} "
+                                             f"{list(x.shape)}, compiled for {want} {list(spec.shape)}")
+                        if x.buffer.context != dev.context:
+                            raise InferError(f"{self.device_name}: device input {spec.name!r} lives in another "
+                                             f"OpenCL context (download it and feed the host array)")
+                        n = int(np.prod(spec.shape, dtype=np.int64)) * want.itemsize
+                        if n:
+                            cl.enqueue_copy(q, context.bufs[spec.buf], x.buffer, byte_count=n)
+                        continue
+                    arr = np.asarray(x)
+                    if tuple(arr.shape) != tuple(spec.shape):
+                        raise InferError(f"{self.device_name}: input {spec.name!r} has shape {list(arr.shape)}, "
+                                         f"compiled for {list(spec.shape)}")
+                    arr = np.ascontiguousarray(arr, dtype=want)
+                    keep.append(arr)
+                    if arr.nbytes:
+                        cl.enqueue_copy(q, context.bufs[spec.buf], arr, is_blocking=False)
+                events = []
+                for k, g, l in context.kernels:
+                    ev = cl.enqueue_nd_range_kernel(q, k, g, l)
+                    if profile is not None:
+                        events.append(ev)
+                outs: dict[str, Any] = {}
+                for spec in plan.outputs:
+                    if spec.buf is None:
+                        outs[spec.name] = spec.host.copy()
+                        continue
+                    # a fresh buffer: the context's own is reused by the next run on this stream
+                    dt = np.dtype(spec.dev_dtype)
+                    n = int(np.prod(spec.shape, dtype=np.int64)) * dt.itemsize
+                    buf = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE, size=n + slack)
+                    if n:
+                        cl.enqueue_copy(q, buf, context.bufs[spec.buf], byte_count=n)
+                    outs[spec.name] = DeviceTensor(buf, tuple(spec.shape), dt)
+                q.finish()
+            except cl.Error as e:
+                raise InferError(f"{self.device_name}: OpenCL error while running {self.graph.name!r}: {e}") from e
+            if profile is not None:
+                self._profile(events, profile)
+        return outs
+
     def _profile(self, events, profile: list[ProfileRecord]) -> None:
         per_node: dict[str, list] = {}
         for li, ev in zip(self.plan.run_launches, events):
