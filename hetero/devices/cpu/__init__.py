@@ -92,6 +92,7 @@ class CPUDevice(Device):
         exe = CPUExecutable(graph, self.name)
         exe.compile_time = time.perf_counter() - t0
         exe.config = cfg
+        exe.num_threads = int(cfg.get("INFERENCE_NUM_THREADS", 0) or 0)
         if exe.memory_plan is not None:
             debug(f"{self.name} {graph.name!r}: memory plan: {exe.memory_plan.describe()}")
         return exe
@@ -291,8 +292,19 @@ class CPUExecutable(Executable):
         return ctx.program
 
     # ---- running -------------------------------------------------------------------------------
+    #: INFERENCE_NUM_THREADS (0: every core); set by CPUDevice.compile
+    num_threads = 0
+
     def run(self, feeds: Mapping[str, Any], context: Any = None,
             profile: list[ProfileRecord] | None = None) -> dict[str, Any]:
+        if self.num_threads:
+            from .kernels import parallel
+
+            with parallel.limit(self.num_threads):
+                return self._run(feeds, context, profile)
+        return self._run(feeds, context, profile)
+
+    def _run(self, feeds: Mapping[str, Any], context: Any, profile) -> dict[str, Any]:
         if self._unproduced:
             raise InferError(f"graph output {self._unproduced[0]!r} was not produced on {self.device_name}")
         env = self._template.copy()

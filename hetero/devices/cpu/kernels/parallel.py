@@ -78,6 +78,31 @@ def set_blas_threads(n: int) -> bool:
 BLAS_SINGLE = set_blas_threads(1) if THREADS >= 1 else False
 
 
+# ---- per-inference limit ------------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def threads() -> int:
+    """Threads a kernel may use on the calling thread: THREADS, or fewer inside ``limit(n)``
+    (the CPU plugin sets it from INFERENCE_NUM_THREADS for each inference)."""
+    return min(THREADS, getattr(_local, "limit", THREADS))
+
+
+class limit:
+    """``with limit(n):`` kernels called on this thread use at most ``n`` threads (n >= 1)."""
+
+    def __init__(self, n: int):
+        self.n = max(1, int(n))
+
+    def __enter__(self):
+        self.prev = getattr(_local, "limit", THREADS)
+        _local.limit = self.n
+
+    def __exit__(self, *exc):
+        _local.limit = self.prev
+
+
 # ---- the pool --------------------------------------------------------------------------------------------
 
 class _Pool:
@@ -133,7 +158,8 @@ if hasattr(os, "register_at_fork"):
 def run(tasks) -> None:
     """Run the callables in ``tasks`` (at most THREADS of them at once) and wait for all."""
     tasks = list(tasks)
-    if len(tasks) <= 1:
+    width = threads()
+    if len(tasks) <= 1 or width <= 1:
         for t in tasks:
             t()
         return
@@ -143,8 +169,8 @@ def run(tasks) -> None:
             t()
         return
     try:
-        for i in range(0, len(tasks), THREADS):
-            batch = tasks[i:i + THREADS]
+        for i in range(0, len(tasks), width):
+            batch = tasks[i:i + width]
             box: list = []
             done = threading.Semaphore(0)
             for q, t in zip(pool.queues, batch[1:]):
@@ -166,7 +192,7 @@ def run(tasks) -> None:
 
 def split(n: int, parts: int | None = None) -> list[tuple[int, int]]:
     """[lo, hi) ranges cutting range(n) into ``parts`` (default THREADS) near-equal pieces."""
-    parts = max(1, min(n, parts or THREADS))
+    parts = max(1, min(n, parts or threads()))
     return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 
@@ -175,7 +201,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     N when the product is big enough to pay for the hand-off."""
     M, K = a.shape
     N = b.shape[1]
-    if THREADS <= 1 or M * K * N < MIN_SPLIT_FLOPS:
+    if threads() <= 1 or M * K * N < MIN_SPLIT_FLOPS:
         return np.matmul(a, b, out=out)
     if N >= M:
         parts = split(N)
@@ -189,7 +215,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 def batched(n: int, fn, work: int) -> None:
     """Call ``fn(lo, hi)`` over range(n) split across the pool when ``work`` (a rough count of
     elements touched) is at least MIN_SPLIT_ELEMS, else once as ``fn(0, n)``."""
-    if THREADS <= 1 or n < 2 or work < MIN_SPLIT_ELEMS:
+    if threads() <= 1 or n < 2 or work < MIN_SPLIT_ELEMS:
         fn(0, n)
         return
     run([(lambda lo=lo, hi=hi: fn(lo, hi)) for lo, hi in split(n)])
