@@ -30,8 +30,8 @@ t = time.perf_counter()
 cm = core.compile_model(f"{{d}}/light_{{sys.argv[1]}}.onnx", "GPU", {{"CACHE_DIR": sys.argv[2],
                         "INFERENCE_PRECISION_HINT": sys.argv[3]}})
 total = time.perf_counter() - t
-print(json.dumps({{"total_s": total, "device_s": cm._runner.compile_time, "cached": cm.get_property("LOADED_FROM_CACHE"),
-                  "programs": cm._runner.program_count}}))
+print(json.dumps({{"total_s": total, "device_s": cm._runner.compile_time,
+                  "cached": cm.get_property("LOADED_FROM_CACHE"), "programs": cm._runner.program_count}}))
 """
 
 

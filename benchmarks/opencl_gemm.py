@@ -4,8 +4,8 @@ Each size is a (M, K, N) = (output channels, C*KH*KW, OH*OW) product of a ResNet
 batch 1: A is the constant weight matrix, B the runtime im2col matrix, as in the plugin's Conv.
 The GEMM is compiled through the plugin (a single-node MatMul graph); the GEMM kernel alone is timed
 (the data is already on the device; a wide B is packed into column panels first, as Conv's im2col
-writes it), best of --reps; numpy times A @ B on host arrays. Register-tile shapes of the CPU kernel and the local-memory (GPU-shaped) kernel can be
-compared with --variants.
+writes it), best of --reps; numpy times A @ B on host arrays. Register-tile shapes of the CPU kernel
+and the local-memory (GPU-shaped) kernel can be compared with --variants.
 
     python benchmarks/opencl_gemm.py                      # default kernel vs numpy
     python benchmarks/opencl_gemm.py --variants reg:8x16x2,reg:4x16x4,local
@@ -23,7 +23,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import hetero  # noqa: E402
@@ -99,7 +98,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="GPU")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--variants", default="", help="comma list: reg[:RMxRNxNV[:LXxLY]] | local (default: the plugin's choice)")
+    ap.add_argument("--variants", default="",
+                    help="comma list: reg[:RMxRNxNV[:LXxLY]] | local (default: the plugin's choice)")
     ap.add_argument("--sizes", default="", help="comma list of size indices (default: all)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="rate from process CPU time x cores (for machines shared with other jobs)")

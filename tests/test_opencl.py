@@ -309,7 +309,8 @@ def test_f16_keeps_float_storage_where_half_would_overflow():
     """
     init = [numpy_helper.from_array(np.float32(v), n) for n, v in (("k", 1000.0), ("off", 1e6), ("s", 1e-6))]
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Mul", ["a", "k"], ["b"], name="m1"),
-             helper.make_node("Mul", ["b", "k"], ["c"], name="m2"), helper.make_node("Sub", ["c", "off"], ["d"], name="sub"),
+             helper.make_node("Mul", ["b", "k"], ["c"], name="m2"),
+             helper.make_node("Sub", ["c", "off"], ["d"], name="sub"),
              helper.make_node("Mul", ["d", "s"], ["y"], name="m3")]
     m = _model(nodes, [_vi("x", [4, 8])], [_vi("y", [4, 8])], init)
     x = np.linspace(0, 2, 32, dtype=np.float32).reshape(4, 8)

@@ -164,7 +164,8 @@ class OpenCLDevice(Device):
         import pyopencl as cl
 
         if not isinstance(handle, DeviceTensor):
-            raise DeviceError(f"{self.name}: download expects a DeviceTensor from upload(), got {type(handle).__name__}")
+            raise DeviceError(f"{self.name}: download expects a DeviceTensor from upload(), "
+                              f"got {type(handle).__name__}")
         out = np.empty(handle.shape, handle.dtype)
         ctx = self.context  # (takes _ctx_lock itself: not inside it)
         with self._ctx_lock:

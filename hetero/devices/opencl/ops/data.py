@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..plan import ELEM_BY_SIZE, FLOATS, U64, BufRef, NodeBuilder, Unsupported, planner, prod
+from ..plan import ELEM_BY_SIZE, U64, BufRef, NodeBuilder, Unsupported, planner, prod
 
 
 def _merge(dims, *stride_lists):

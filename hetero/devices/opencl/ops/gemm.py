@@ -73,7 +73,8 @@ def pack_host_b(nb: NodeBuilder, b: np.ndarray, K: int, N: int) -> Operand:
     return Operand(nb.upload(packed, "B packed"), 0, W, 1, ps=K * W)
 
 
-def pack_device_b(nb: NodeBuilder, dtype, B: Operand, K: int, N: int, nbatch: int = 1, batch_stride: int = 0) -> Operand:
+def pack_device_b(nb: NodeBuilder, dtype, B: Operand, K: int, N: int, nbatch: int = 1,
+                  batch_stride: int = 0) -> Operand:
     """A runtime B (unit column stride) packed by a launch into scratch (per batch item)."""
     W = RN * NV
     npan = ceil_div(N, W)
