@@ -403,6 +403,66 @@ def test_gpu_f16_outputs_converted_back(core):
     np.testing.assert_allclose(out, REF, rtol=2e-2, atol=2e-3)
 
 
+def _reorder_rows(req):
+    return [(p.node_name, p.exec_type, p.nbytes) for p in req.get_profiling_info() if p.node_type == "Reorder"]
+
+
+@pytest.mark.parametrize("precision", ["f32", "f16"])
+def test_gpu_reorders_do_the_real_transfers(core, precision):
+    #   x (HOST) -[Reorder: upload (f32->f16)]-> mm..sum (GPU) -[Reorder: download (f16->f32)]-> sm (CPU) -> y
+    gpu = _gpu(core)
+    cm = core.compile_model(MODEL, "HETERO:GPU,CPU", {"AFFINITY_RULES": "Softmax=CPU", "PERF_COUNT": True,
+                                                      "DEVICE_PROPERTIES": {"GPU": {"INFERENCE_PRECISION_HINT": precision}}})
+    assert [(s.device, len(s.nodes)) for s in cm.plan.subgraphs] == [(gpu, 6), ("CPU", 1)]
+    req = cm.create_infer_request()
+    out = req.infer({"x": X})[0]
+    half = precision == "f16"
+    # the GPU subgraph runs on device handles: the Reorders upload, download and convert, and say so
+    assert _reorder_rows(req) == [
+        (f"subgraph0: Reorder_x_HOST_to_{gpu}", f"HOST->{gpu}:" + ("float32->float16+" if half else "") + "upload",
+         X.size * (2 if half else 4)),
+        (f"subgraph1: Reorder_f_{gpu}_to_CPU", f"{gpu}->CPU:download" + ("+float16->float32" if half else ""),
+         X.size * 4)]
+    rows = req.get_profiling_info()
+    assert all(p.real_time.total_seconds() > 0 for p in rows if p.node_type == "Reorder")
+    total0 = next(p for p in rows if p.node_name == "subgraph0: total").real_time.total_seconds()
+    assert total0 >= rows[0].real_time.total_seconds()  # the upload counts in its subgraph's total
+    # the same numbers as the single devices: the GPU alone at its precision, the CPU alone
+    alone = core.compile_model(MODEL, "GPU", {"INFERENCE_PRECISION_HINT": precision})({"x": X})[0]
+    cpu = core.compile_model(MODEL, "CPU")({"x": X})[0]
+    assert out.dtype == np.float32
+    tol = dict(rtol=2e-2, atol=2e-3) if half else dict(rtol=1e-5, atol=1e-6)  # docs: f16 tolerance
+    np.testing.assert_allclose(out, alone, **tol)  # (alone in f16, the GPU's Softmax ran in f16 too)
+    np.testing.assert_allclose(out, cpu, **tol)
+    np.testing.assert_allclose(out, REF, **tol)
+    # a second request (its own stream context) gives the same result
+    np.testing.assert_array_equal(cm({"x": X})[0], out)
+
+
+def test_gpu_output_also_read_by_cpu_is_downloaded_once(core):
+    #   x -> mm..sum (GPU) -> f -+-> sm (CPU) -> y
+    #                            +-> graph output f      one download of f serves the CPU and HOST
+    gpu = _gpu(core)
+    m = tiny_model()
+    m.graph.output.append(h.make_tensor_value_info("f", T.FLOAT, [2, 8]))
+    cm = core.compile_model(m, "HETERO:GPU,CPU", {"AFFINITY_RULES": "Softmax=CPU", "PERF_COUNT": True,
+                                                  "DEVICE_PROPERTIES": {"GPU": {"INFERENCE_PRECISION_HINT": "f16"}}})
+    assert [(r.name, r.transfer, r.destinations) for r in cm.plan.reorders] == [
+        (f"Reorder_x_HOST_to_{gpu}", "upload", (gpu,)), (f"Reorder_f_{gpu}_to_CPU", "download", ("CPU", "HOST"))]
+    req = cm.create_infer_request()
+    res = req.infer({"x": X})
+    y, f = res["y"], res["f"]
+    assert _reorder_rows(req) == [
+        (f"subgraph0: Reorder_x_HOST_to_{gpu}", f"HOST->{gpu}:float32->float16+upload", X.size * 2),
+        (f"subgraph1: Reorder_f_{gpu}_to_CPU", f"{gpu}->CPU:download+float16->float32", X.size * 4)]
+    ref_y, ref_f = ReferenceEvaluator(m).run(None, {"x": X})
+    assert f.dtype == np.float32 and y.dtype == np.float32
+    np.testing.assert_allclose(f, ref_f, rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(y, ref_y, rtol=2e-2, atol=2e-3)
+    e = np.exp(f - f.max(axis=1, keepdims=True))  # the CPU's softmax read the same downloaded f
+    np.testing.assert_allclose(y, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
 class PickyDevice(GateDevice):
     """Its query accepts every node, but its compile refuses Neg (as a plugin may, for a subgraph)."""
 

@@ -171,6 +171,33 @@ def test_one_reorder_per_tensor_and_destination():
                   ("Reorder_vd_MOCK.0_to_CPU", (2,), "handoff", "float32", "float32", 16)]
 
 
+def test_one_download_per_tensor_and_destination_memory():
+    #   x -> a(G) -> va -+-> b(C) -> y
+    #                    +-> (graph output va)
+    # va goes to the CPU and to HOST: both host memory, so one Reorder downloads it for both
+    g = graph([("a", "Conv", ["x"], ["va"]), ("b", "Softmax", ["va"], ["y"])], outputs=("va", "y"))
+    plan = split(g, {"a": "GPU.0", "b": "CPU"}).check()
+    assert crossings(plan) == [("x", None, (0,), "HOST", "GPU.0"), ("va", 0, (1,), "GPU.0", "CPU"),
+                               ("va", 0, (), "GPU.0", "HOST")]
+    plan = reorder(plan, {"GPU.0": {"memory": "device", "precision": "f16"}}).check()
+    assert [(r.name, r.transfer, r.destinations, r.nbytes) for r in plan.reorders] == [
+        ("Reorder_x_HOST_to_GPU.0", "upload", ("GPU.0",), 16),
+        ("Reorder_va_GPU.0_to_CPU", "download", ("CPU", "HOST"), 16)]
+    dot = to_subgraphs_dot(plan)
+    assert "2 Reorder(s)" in dot and 'label="Reorder\\nva\\nGPU.0 -> CPU, HOST\\ndownload, float16->float32\\n16 B"' in dot
+    assert '"reorder:Reorder_va_GPU.0_to_CPU" -> "output:va" [style=bold];' in dot
+    assert '"reorder:Reorder_va_GPU.0_to_CPU" -> "node:b" [style=bold];' in dot
+    assert dot.count('"node:a" -> "reorder:Reorder_va_GPU.0_to_CPU"') == 1
+    # a MOCK (host memory) source shares the same way: one hand-off for MOCK.0 -> CPU and -> HOST
+    plan = reorder(split(g, {"a": "MOCK.0", "b": "CPU"}).check()).check()
+    assert [(r.name, r.destinations) for r in plan.reorders] == [
+        ("Reorder_x_HOST_to_MOCK.0", ("MOCK.0",)), ("Reorder_va_MOCK.0_to_CPU", ("CPU", "HOST"))]
+    # the check knows a shared Reorder stands for the HOST boundary
+    with pytest.raises(PartitionError, match="serves 'y' to HOST"):
+        dataclasses.replace(plan, reorders=plan.reorders + (dataclasses.replace(
+            plan.reorders[1], value="y", name="bogus", serves_host=True),)).check()
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda p: dataclasses.replace(p, subgraphs=(p.subgraphs[0], dataclasses.replace(
         p.subgraphs[1], nodes=("a", "c")))), "node 'a' is in subgraph0 and subgraph1"),

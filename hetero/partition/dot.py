@@ -157,11 +157,12 @@ def to_subgraphs_dot(plan: Plan) -> str:
         for n in s.nodes:
             lines.append(f"    {_q('node:' + n)} [label={_label(n, ops[n])}, fillcolor={_q(col)}];")
         lines.append("  }")
-    by_key = {(r.value, r.dst_device): r for r in plan.reorders}
+    by_key = {(r.value, d): r for r in plan.reorders for d in r.destinations}
     for r in plan.reorders:
         nb = "?" if r.nbytes is None else str(r.nbytes)
+        dst = ", ".join(r.destinations)
         lines.append(f"  {_q('reorder:' + r.name)} [shape=hexagon, style=filled, fillcolor=\"#ffffff\", "
-                     f"label={_label('Reorder', r.value, f'{r.src_device} -> {r.dst_device}', r.converts, nb + ' B')}];")
+                     f"label={_label('Reorder', r.value, f'{r.src_device} -> {dst}', r.converts, nb + ' B')}];")
     prod = {o: n.name for n in g.nodes for o in n.outputs if o}
     drawn_in: set[str] = set()
 

@@ -92,6 +92,14 @@ class Reorder:
     transfer: str  # "handoff" (same memory) | "upload" | "download" | "device-to-device"
     shape: tuple | None
     nbytes: int | None
+    # also delivers the graph output ``value`` to HOST: the destination is a host-memory device in
+    # the host's layout and dtype (the CPU), so HOST shares its copy -- one Reorder per (value,
+    # destination memory), not a second download of the same tensor
+    serves_host: bool = False
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        return (self.dst_device, HOST) if self.serves_host else (self.dst_device,)
 
     @property
     def subgraph(self) -> int:
@@ -248,7 +256,11 @@ class Plan:
                                      "without a boundary to the host")
         if self.reorders:
             got = [(r.value, r.dst_device) for r in self.reorders]
-            want = [(b.value, b.dst_device) for b in self.boundaries]
+            served = {(r.value, HOST) for r in self.reorders if r.serves_host}
+            for key in sorted(served - seen):
+                raise PartitionError(f"plan: a Reorder serves {key[0]!r} to HOST but it is no graph output "
+                                     "leaving its device")
+            want = [(b.value, b.dst_device) for b in self.boundaries if (b.value, b.dst_device) not in served]
             if got != want:
                 k = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
                 raise PartitionError(f"plan: Reorders do not match the boundaries one to one: {len(got)} Reorder(s) "
@@ -268,7 +280,7 @@ class Plan:
                     "src_subgraph": r.src_subgraph, "dst_subgraphs": list(r.dst_subgraphs),
                     "src_dtype": r.src_dtype, "dst_dtype": r.dst_dtype, "src_layout": r.src_layout,
                     "dst_layout": r.dst_layout, "transfer": r.transfer, "shape": _json_shape(r.shape),
-                    "nbytes": r.nbytes}
+                    "nbytes": r.nbytes, "serves_host": r.serves_host}
 
         return {
             "model": self.graph.name,

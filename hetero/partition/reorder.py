@@ -1,6 +1,7 @@
 """reorder(): one explicit Reorder node per boundary (DESIGN.md §5.3).
 
-A Reorder moves one value to one destination device, shared by all its consumers there, and does
+A Reorder moves one value to one destination device, shared by all its consumers there (and by
+HOST, for a graph output, when that device is host memory: one per (value, destination memory)), and does
 whatever the two sides need:
 
 * transfer: "handoff" when both sides compute in host memory (CPU, MOCK), "upload" host -> device
@@ -13,7 +14,9 @@ The device traits come in as plain data: {device: {"memory": "host"|"device", "p
 "f32"|"f16", "layout": "plain"|...}}; devices not listed (and HOST) are host memory, f32, plain.
 
 Traced example: GPU.0 (device memory, f16) produces ``prob_in`` float32[1,1000] for a CPU Softmax:
-Reorder ``Reorder_prob_in_GPU.0_to_CPU``: download, float16 -> float32, 4000 bytes.
+Reorder ``Reorder_prob_in_GPU.0_to_CPU``: download, float16 -> float32, 4000 bytes. Were
+``prob_in`` a graph output too, that same Reorder would serve HOST (``serves_host``): the CPU works
+in host memory, so one download feeds both.
 """
 from __future__ import annotations
 
@@ -49,4 +52,17 @@ def reorder(plan: Plan, devices: Mapping[str, Mapping[str, Any]] | None = None) 
             dst_subgraphs=b.dst, src_dtype=src_dtype, dst_dtype=b.dtype,
             src_layout=str(src.get("layout", "plain")), dst_layout=str(dst.get("layout", "plain")),
             transfer=transfer, shape=b.shape, nbytes=b.nbytes))
-    return dataclasses.replace(plan, reorders=tuple(out))
+    # one per (value, destination memory): a graph output that also goes to a host-memory device in
+    # the host's layout (the CPU) leaves its device once; HOST reads that copy
+    shared: dict[str, int] = {}
+    for i, r in enumerate(out):
+        if r.dst_device != HOST and r.src_subgraph is not None and r.dst_layout == "plain" \
+                and traits(devices, r.dst_device)["memory"] == "host":
+            shared.setdefault(r.value, i)
+    drop = set()
+    for i, r in enumerate(out):
+        j = shared.get(r.value)
+        if r.dst_device == HOST and j is not None and out[j].src_device == r.src_device:
+            out[j] = dataclasses.replace(out[j], serves_host=True)
+            drop.add(i)
+    return dataclasses.replace(plan, reorders=tuple(r for i, r in enumerate(out) if i not in drop))

@@ -639,7 +639,9 @@ class PlanRunner:
         # a chain: every subgraph needs the one before, so nothing can ever run side by side
         self._chain = all(k - 1 in st.sg.deps for k, st in enumerate(self.stages) if k > 0)
         g = plan.graph
-        self.outputs = tuple((v, (v, HOST) if (v, HOST) in moved else None) for v in g.output_names)
+        # a graph output reaches the host through its own Reorder or one it shares with the CPU
+        to_host = {(r.value, d): (r.value, r.dst_device) for r in plan.reorders for d in r.destinations}
+        self.outputs = tuple((v, to_host.get((v, HOST))) for v in g.output_names)
         self.constants = g.initializers
         self.loaded_from_cache = False
 
