@@ -269,6 +269,26 @@ def test_upload_download_round_trip():
         dev.download(np.zeros(3))
 
 
+@needs_gpu
+@pytest.mark.parametrize("precision", ["f32", "f16"])
+def test_run_device_keeps_tensors_on_the_device(precision):
+    """x ─ Relu ─ Neg ─ y, fed and read as device tensors (what HETERO's Reorders hand over)."""
+    from hetero.devices.opencl.device import DeviceTensor
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["y"])]
+    m = _model(nodes, [_vi("x", [3, 4])], [_vi("y", [3, 4])])
+    dev = _gpu()
+    exe = dev.compile(hetero.read_model(m), {"INFERENCE_PRECISION_HINT": precision})
+    want = np.dtype(np.float16 if precision == "f16" else np.float32)
+    assert exe.input_precision == {"x": want} and exe.output_precision == {"y": want}
+    x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+    out = exe.run_device({"x": dev.upload(x.astype(want))})["y"]
+    assert isinstance(out, DeviceTensor) and out.dtype == want
+    np.testing.assert_array_equal(dev.download(out), -np.maximum(x, 0).astype(want))
+    with pytest.raises(hetero.InferError, match="compiled for"):
+        exe.run_device({"x": dev.upload(np.zeros((4, 3), want))})
+
+
 # ---- precision --------------------------------------------------------------------------------------
 
 F16_CASES = ["Conv_3x3_pad", "Conv_groups", "Conv_depthwise", "Gemm_transB_bias", "MatMul_batch_fold", "Add_broadcast",
