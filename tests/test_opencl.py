@@ -147,6 +147,19 @@ def test_query_reasons_for_shapes_and_attributes():
 
 
 @needs_gpu
+def test_query_refuses_tensors_beyond_the_largest_allocation():
+    import dataclasses
+
+    from hetero.devices.opencl.plan import build_plan
+
+    m = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", [1024, 1024])],
+               [_vi("y", [1024, 1024])])
+    caps = dataclasses.replace(_gpu().caps(), max_alloc=1 << 20)  # a device that allocates at most 1 MiB
+    reason = build_plan(hetero.read_model(m), caps, lenient=True).reasons["relu"]
+    assert reason.startswith("Relu: 'x' needs 4194304 bytes, more than the device's largest allocation")
+
+
+@needs_gpu
 def test_hetero_falls_back_for_unclaimed_nodes():
     """x ─ Relu(GPU) ─ TopK(CPU) ─ Neg(GPU) ─ y"""
     k = numpy_helper.from_array(np.array([3], np.int64), "k")

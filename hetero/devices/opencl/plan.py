@@ -223,6 +223,9 @@ class PlanState:
         return dtype
 
     def new_buf(self, nbytes: int, kind: str, name: str, dtype: np.dtype) -> int:
+        if nbytes + SLACK_BYTES > self.caps.max_alloc:
+            raise Unsupported(f"{name!r} needs {nbytes} bytes, more than the device's largest allocation "
+                              f"({self.caps.max_alloc} bytes)")
         bid = self._next
         self._next += 1
         self.bufs[bid] = BufInfo(bid, int(nbytes), kind, name, np.dtype(dtype))
