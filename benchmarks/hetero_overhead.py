@@ -123,8 +123,8 @@ def split_costs(core, models, gpu, iters):
               f"{100 * statistics.median(shares):6.2f}% {t_het * 1e3:10.3f} {t_gpu * 1e3:10.3f} {t_cpu * 1e3:8.3f}")
         for r in het.plan.reorders:
             print(f"{'':<12}   {r.name}: {r.transfer}, {r.src_dtype}->{r.dst_dtype}, {r.nbytes} B")
-        # The plugins' executables take host arrays and copy to/from device memory inside their own
-        # run, so the Reorders above are hand-offs; time the same copies through the device directly.
+        # A GPU subgraph runs on device handles (OpenCLExecutable.run_device), so the Reorders above
+        # are the real uploads/downloads; cross-check: the same bytes through the device directly.
         dev = core._registry.get(gpu)
         arrays = [np.ones(r.shape, r.dst_dtype) for r in het.plan.reorders if r.transfer != "handoff"
                   and r.shape is not None and all(isinstance(d, int) for d in r.shape)]
