@@ -439,6 +439,28 @@ def test_gpu_reorders_do_the_real_transfers(core, precision):
     np.testing.assert_array_equal(cm({"x": X})[0], out)
 
 
+def test_opencl_run_device_takes_and_returns_handles(core):
+    # the plugin hook HETERO drives: device handles in (any precision; converted when it differs from
+    # input_precision), fresh handles out in output_precision; the same numbers as run()
+    gpu = _gpu(core)
+    from hetero.devices.opencl.device import DeviceTensor
+
+    dev = core._registry.get(gpu)
+    exe = dev.compile(hetero.read_model(MODEL), {"INFERENCE_PRECISION_HINT": "f16"})
+    assert exe.accepts_device_inputs and exe.input_precision == {"x": np.dtype(np.float16)}
+    ref = exe.run({"x": X})["y"]
+    ctx = exe.new_context()
+    for feed in (dev.upload(X.astype(np.float16)), dev.upload(X), X):
+        out = exe.run_device({"x": feed}, ctx)["y"]
+        assert isinstance(out, DeviceTensor) and out.dtype == exe.output_precision["y"] and out.shape == (2, 8)
+        np.testing.assert_array_equal(dev.download(out).astype(np.float32), ref)
+    first = exe.run_device({"x": X}, ctx)["y"]
+    exe.run_device({"x": -X}, ctx)  # a later run on the same stream must not overwrite a handed-out output
+    np.testing.assert_array_equal(dev.download(first).astype(np.float32), ref)
+    with pytest.raises(InferError, match="shape"):
+        exe.run_device({"x": dev.upload(X[:1])}, ctx)
+
+
 def test_gpu_output_also_read_by_cpu_is_downloaded_once(core):
     #   x -> mm..sum (GPU) -> f -+-> sm (CPU) -> y
     #                            +-> graph output f      one download of f serves the CPU and HOST

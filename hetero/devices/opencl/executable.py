@@ -273,16 +273,20 @@ class OpenCLExecutable(Executable):
                     x = feeds[spec.name]
                     want = np.dtype(spec.dev_dtype)
                     if isinstance(x, DeviceTensor):
-                        if tuple(x.shape) != tuple(spec.shape) or np.dtype(x.dtype) != want:
-                            raise InferError(f"{self.device_name}: device input {spec.name!r} is {x.dtype} "
-                                             f"{list(x.shape)}, compiled for {want} {list(spec.shape)}")
+                        if tuple(x.shape) != tuple(spec.shape):
+                            raise InferError(f"{self.device_name}: device input {spec.name!r} has shape "
+                                             f"{list(x.shape)}, compiled for {list(spec.shape)}")
                         if x.buffer.context != dev.context:
                             raise InferError(f"{self.device_name}: device input {spec.name!r} lives in another "
                                              f"OpenCL context (download it and feed the host array)")
-                        n = int(np.prod(spec.shape, dtype=np.int64)) * want.itemsize
-                        if n:
-                            cl.enqueue_copy(q, context.bufs[spec.buf], x.buffer, byte_count=n)
-                        continue
+                        if np.dtype(x.dtype) == want:
+                            n = int(np.prod(spec.shape, dtype=np.int64)) * want.itemsize
+                            if n:
+                                cl.enqueue_copy(q, context.bufs[spec.buf], x.buffer, byte_count=n)
+                            continue
+                        # another precision (e.g. an f32 value of a subgraph that kept it wide): the
+                        # conversion goes through the host, as run() does it
+                        x = dev.download(x)
                     arr = np.asarray(x)
                     if tuple(arr.shape) != tuple(spec.shape):
                         raise InferError(f"{self.device_name}: input {spec.name!r} has shape {list(arr.shape)}, "
