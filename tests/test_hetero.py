@@ -411,8 +411,9 @@ def _reorder_rows(req):
 def test_gpu_reorders_do_the_real_transfers(core, precision):
     #   x (HOST) -[Reorder: upload (f32->f16)]-> mm..sum (GPU) -[Reorder: download (f16->f32)]-> sm (CPU) -> y
     gpu = _gpu(core)
+    gpu_cfg = {"GPU": {"INFERENCE_PRECISION_HINT": precision}}
     cm = core.compile_model(MODEL, "HETERO:GPU,CPU", {"AFFINITY_RULES": "Softmax=CPU", "PERF_COUNT": True,
-                                                      "DEVICE_PROPERTIES": {"GPU": {"INFERENCE_PRECISION_HINT": precision}}})
+                                                      "DEVICE_PROPERTIES": gpu_cfg})
     assert [(s.device, len(s.nodes)) for s in cm.plan.subgraphs] == [(gpu, 6), ("CPU", 1)]
     req = cm.create_infer_request()
     out = req.infer({"x": X})[0]

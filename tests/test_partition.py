@@ -184,7 +184,8 @@ def test_one_download_per_tensor_and_destination_memory():
         ("Reorder_x_HOST_to_GPU.0", "upload", ("GPU.0",), 16),
         ("Reorder_va_GPU.0_to_CPU", "download", ("CPU", "HOST"), 16)]
     dot = to_subgraphs_dot(plan)
-    assert "2 Reorder(s)" in dot and 'label="Reorder\\nva\\nGPU.0 -> CPU, HOST\\ndownload, float16->float32\\n16 B"' in dot
+    assert "2 Reorder(s)" in dot
+    assert 'label="Reorder\\nva\\nGPU.0 -> CPU, HOST\\ndownload, float16->float32\\n16 B"' in dot
     assert '"reorder:Reorder_va_GPU.0_to_CPU" -> "output:va" [style=bold];' in dot
     assert '"reorder:Reorder_va_GPU.0_to_CPU" -> "node:b" [style=bold];' in dot
     assert dot.count('"node:a" -> "reorder:Reorder_va_GPU.0_to_CPU"') == 1
