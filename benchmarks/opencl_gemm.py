@@ -9,6 +9,11 @@ and the local-memory (GPU-shaped) kernel can be compared with --variants.
 
     python benchmarks/opencl_gemm.py                      # default kernel vs numpy
     python benchmarks/opencl_gemm.py --variants reg:8x16x2,reg:4x16x4,local
+    python benchmarks/opencl_gemm.py --variants reg,clblast     # CLBlast via pyclblast, if installed
+
+CLBlast is not a dependency: pyclblast is a source package that needs the CLBlast C library
+(e.g. apt's libclblast-dev), so it does not install from PyPI alone; measured here on PoCL it is far
+slower than the plugin's kernels (it is tuned for GPUs), so the plugin does not use it.
 """
 from __future__ import annotations
 
@@ -79,9 +84,34 @@ def numpy_seconds(A, B, reps: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def clblast_seconds(dev, A, B, reps: int) -> tuple[float, float]:
+    """CLBlast's SGEMM (pyclblast) on the same device, for comparison (first call tunes/compiles)."""
+    import pyclblast
+    import pyopencl as cl
+    import pyopencl.array as cla
+
+    q = cl.CommandQueue(dev.context, dev.cl_device)
+    M, K = A.shape
+    N = B.shape[1]
+    a, b, c = cla.to_device(q, A), cla.to_device(q, B), cla.zeros(q, (M, N), np.float32)
+    pyclblast.gemm(q, M, N, K, a, b, c, a_ld=K, b_ld=N, c_ld=N)
+    q.finish()
+    out = c.get()
+    assert np.abs(out - A @ B).max() <= 1e-3 * max(1.0, float(np.abs(out).max())), "CLBlast: wrong result"
+    wall = cpu = float("inf")
+    for _ in range(reps):
+        t, cc = time.perf_counter(), time.process_time()
+        pyclblast.gemm(q, M, N, K, a, b, c, a_ld=K, b_ld=N, c_ld=N)
+        q.finish()
+        wall, cpu = min(wall, time.perf_counter() - t), min(cpu, time.process_time() - cc)
+    return wall, cpu
+
+
 def apply_variant(v: str) -> str:
     from hetero.devices.opencl.ops import gemm as G
 
+    if v == "clblast":
+        return "CLBlast (pyclblast)"
     if v.startswith("reg"):
         os.environ["HETERO_OCL_GEMM"] = "reg"
         parts = v.split(":")
@@ -133,6 +163,9 @@ def main(argv=None) -> int:
         row = [rate(numpy_seconds(A, B, args.reps))]
         ref = A @ B
         for v in variants:
+            if v == "clblast":
+                row.append(rate(clblast_seconds(dev, A, B, args.reps)))
+                continue
             if v:
                 apply_variant(v)
             exe = dev.compile(matmul_graph(A, K, N))
