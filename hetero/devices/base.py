@@ -121,7 +121,19 @@ class Device(ABC):
         return np.asarray(handle)
 
     def optimal_streams(self, config: Mapping[str, Any]) -> int:
-        """Streams this device uses under ``config`` (hint / NUM_STREAMS)."""
+        """Streams this device uses under ``config``: NUM_STREAMS when given; else 1 for LATENCY and
+        ``throughput_streams(config)`` for the throughput hints, capped by PERFORMANCE_HINT_NUM_REQUESTS."""
+        n = config.get("NUM_STREAMS", "AUTO")
+        if n != "AUTO":
+            return int(n)
+        if config.get("PERFORMANCE_HINT", "LATENCY") not in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+            return 1
+        n = max(1, int(self.throughput_streams(config)))
+        cap = int(config.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
+        return min(n, cap) if cap else n
+
+    def throughput_streams(self, config: Mapping[str, Any]) -> int:
+        """Streams that keep this device busy under the THROUGHPUT hint (before the request cap)."""
         return 1
 
     def __repr__(self) -> str:

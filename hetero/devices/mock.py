@@ -183,17 +183,8 @@ class MockDevice(Device):
         """AUTO's order as for real devices of that DEVICE_TYPE; a plain "mock" ranks as "other"."""
         return {"discrete": 30, "integrated": 20, "cpu-opencl": 10, "cpu": 0}.get(self._config["MOCK_DEVICE_TYPE"], 5)
 
-    def optimal_streams(self, config: Mapping[str, Any]) -> int:
-        """NUM_STREAMS if given; else 1 for LATENCY, MOCK_OPTIMAL_REQUESTS for the throughput hints;
-        capped by PERFORMANCE_HINT_NUM_REQUESTS (the same rule as the CPU and GPU plugins)."""
-        n = config.get("NUM_STREAMS", "AUTO")
-        if n != "AUTO":
-            return int(n)
-        if config.get("PERFORMANCE_HINT", "LATENCY") not in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
-            return 1
-        n = max(1, int(config.get("MOCK_OPTIMAL_REQUESTS", 1)))
-        cap = int(config.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
-        return min(n, cap) if cap else n
+    def throughput_streams(self, config: Mapping[str, Any]) -> int:
+        return int(config.get("MOCK_OPTIMAL_REQUESTS", 1))
 
     def _op_reason(self, graph: Graph, node, ops) -> str | None:
         if ops != "*" and node.op_type not in ops:

@@ -69,15 +69,8 @@ class CPUDevice(Device):
             return [""]
         return super().read_only_property(key)
 
-    def optimal_streams(self, config: Mapping[str, Any]) -> int:
-        n = config.get("NUM_STREAMS", "AUTO")
-        if n != "AUTO":
-            return int(n)
-        if config.get("PERFORMANCE_HINT", "LATENCY") in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
-            cap = int(config.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
-            n = max(1, os.cpu_count() or 1)
-            return min(n, cap) if cap else n
-        return 1
+    def throughput_streams(self, config: Mapping[str, Any]) -> int:
+        return os.cpu_count() or 1  # one stream per core
 
     def query(self, graph: Graph) -> dict[str, bool | str]:
         out: dict[str, bool | str] = {}

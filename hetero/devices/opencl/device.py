@@ -94,15 +94,9 @@ class OpenCLDevice(Device):
             return [self.name.split(".")[-1]]
         return super().read_only_property(key)
 
-    def optimal_streams(self, config: Mapping[str, Any]) -> int:
-        n = config.get("NUM_STREAMS", "AUTO")
-        if n != "AUTO":
-            return int(n)
-        if config.get("PERFORMANCE_HINT", "LATENCY") in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
-            # two queues: one computes while the host side of the other uploads, reads and launches
-            cap = int(config.get("PERFORMANCE_HINT_NUM_REQUESTS", 0) or 0)
-            return min(2, cap) if cap else 2
-        return 1
+    def throughput_streams(self, config: Mapping[str, Any]) -> int:
+        # two queues: one computes while the host side of the other uploads, reads and launches
+        return 2
 
     def caps(self, config: Mapping[str, Any] | None = None) -> DeviceCaps:
         cfg = config or {}
