@@ -175,15 +175,20 @@ class OpenCLExecutable(Executable):
     def optimal_streams(self, hint: str) -> int:
         return self._device.optimal_streams({"PERFORMANCE_HINT": hint})
 
-    def run(self, feeds: Mapping[str, Any], context: Any = None,
-            profile: list[ProfileRecord] | None = None) -> dict[str, Any]:
-        import pyopencl as cl
-
+    def _context(self, context: Any) -> Any:
+        """The given stream context, or this executable's default one (made on first use)."""
         if context is None:
             with self._default_lock:
                 if self._default is None:
                     self._default = self.new_context()
-            context = self._default
+            return self._default
+        return context
+
+    def run(self, feeds: Mapping[str, Any], context: Any = None,
+            profile: list[ProfileRecord] | None = None) -> dict[str, Any]:
+        import pyopencl as cl
+
+        context = self._context(context)
         plan = self.plan
         with context.lock:
             q = context.queue
@@ -256,11 +261,7 @@ class OpenCLExecutable(Executable):
         from .device import DeviceTensor
         from .plan import SLACK_BYTES as slack
 
-        if context is None:
-            with self._default_lock:
-                if self._default is None:
-                    self._default = self.new_context()
-            context = self._default
+        context = self._context(context)
         plan = self.plan
         dev = self._device
         with context.lock:
