@@ -289,3 +289,25 @@ def test_cumulative_throughput_is_multi_over_the_selection(core):
     for i in range(4):
         cm(sample(i))
     assert [d.device for d in cm.dispatch_log] == ["MOCK.0", "MOCK.1", "MOCK.0", "MOCK.1"]
+
+
+@pytest.mark.parametrize("precision", ["f32", "f16"])
+def test_no_helper_when_the_real_gpu_is_cached(core, tmp_path, precision):
+    """The OpenCL plugin's is_cached: a second AUTO compile with a warm CACHE_DIR serves from the GPU
+    at once (no CPU helper)."""
+    if not any(d.startswith("GPU") for d in core.available_devices):
+        pytest.skip("no OpenCL device (pip install pocl-binary-distribution)")
+    gpu = core._registry.get("GPU")
+    cfg = {"CACHE_DIR": str(tmp_path), "DEVICE_PROPERTIES": {"GPU": {"INFERENCE_PRECISION_HINT": precision}}}
+    graph = prepare_graph(core.read_model(MODEL))
+    dev_cfg = {"CACHE_DIR": str(tmp_path), "INFERENCE_PRECISION_HINT": precision}
+    assert not gpu.is_cached(graph, dev_cfg)
+    first = core.compile_model(MODEL, "AUTO:GPU,CPU", cfg)
+    assert first.wait_ready(120)
+    assert gpu.is_cached(graph, dev_cfg)
+    second = core.compile_model(MODEL, "AUTO:GPU,CPU", cfg)
+    assert second.get_property("EXECUTION_DEVICES") == [gpu.name]
+    r = second.create_infer_request()
+    r.infer({"x": sample(1)})
+    assert r.served_by == gpu.name
+    np.testing.assert_allclose(r.get_output_tensor(0), reference(sample(1)), rtol=2e-2, atol=2e-3)

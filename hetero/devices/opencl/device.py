@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import threading
 import time
 from dataclasses import dataclass
@@ -138,6 +139,35 @@ class OpenCLDevice(Device):
         exe.loaded_from_cache = exe.loaded_from_cache and calibration_cached
         exe.compile_time = time.perf_counter() - t0
         return exe
+
+    def is_cached(self, graph: Graph, config: Mapping[str, Any] | None = None) -> bool:
+        """True when CACHE_DIR already holds everything ``compile(graph, config)`` would build (every
+        program binary, and in f16 the precision calibration), so compiling is quick: AUTO then skips
+        its CPU helper."""
+        from .programs import cache_file
+
+        cfg = self.config(config)
+        cache_dir = str(cfg.get("CACHE_DIR", "") or "")
+        if not cache_dir:
+            return False
+        caps = self.caps(cfg)
+        plan = build_plan(graph, caps, lenient=True)
+        if plan.reasons or not plan.programs:
+            return False
+        if caps.half_mode:
+            import json
+
+            from .precision import HALF_SAFE, graph_key
+            from .programs import device_identity
+
+            key = graph_key(graph, f"{device_identity(self.cl_device)}|{HALF_SAFE}|uniform01-seed0")
+            try:
+                wide = frozenset(json.loads((Path(cache_dir) / f"hetero_ocl_wide_{key}.json").read_text())["wide"])
+            except (OSError, ValueError, KeyError):
+                return False
+            if wide:
+                plan = build_plan(graph, caps, lenient=True, wide=wide)
+        return all(cache_file(cache_dir, self.cl_device, k).exists() for k in plan.programs)
 
     def upload(self, array: np.ndarray) -> DeviceTensor:
         import pyopencl as cl
