@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..plan import BufRef, NodeBuilder, Unsupported, ceil_div, planner, prod
-from .data import copy_launch
+from .data import _merge, copy_launch
 
 ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSwish": 5, "HardSigmoid": 6,
                "Tanh": 7}
@@ -219,21 +219,7 @@ def _plan_matmul(nb: NodeBuilder, act) -> None:
         return list(reversed(st))
 
     sa_, sb_, sc_ = strides(ba, M * K), strides(bb, K * N), strides(bo, M * N)
-    dims = [d for d in bo]
-    keep = [i for i, d in enumerate(dims) if d != 1]
-    dims = [dims[i] for i in keep]
-    sts = [[s[i] for i in keep] for s in (sa_, sb_, sc_)]
-    i = len(dims) - 2
-    while i >= 0:
-        if all(s[i] == s[i + 1] * dims[i + 1] for s in sts):
-            dims[i] *= dims[i + 1]
-            del dims[i + 1]
-            for s in sts:
-                s[i] = s[i + 1]
-                del s[i + 1]
-        i -= 1
-    if not dims:
-        dims, sts = [1], [[0], [0], [0]]
+    dims, sts = _merge(bo, sa_, sb_, sc_)
     # the last two batch axes go to the kernel; any others become separate launches
     lead = dims[:-2]
     d0, d1 = ([1] + dims[-1:]) if len(dims) == 1 else dims[-2:]
@@ -256,29 +242,36 @@ def plan_fused_matmul(nb: NodeBuilder) -> None:
 
 # ---- Conv -------------------------------------------------------------------------------------
 
-def conv_geometry(nb: NodeBuilder, xshape, kspatial, in_spatial, out_spatial):
-    """(strides, dilations, pads_begin, pads_end) checked against the inferred output shape."""
-    nd = len(in_spatial)
-    strides = [int(s) for s in (nb.attr("strides") or [1] * nd)]
-    dil = [int(d) for d in (nb.attr("dilations") or [1] * nd)]
+def window_pads(nb: NodeBuilder, in_sp, out_sp, ks, strides, dil):
+    """(pads_begin, pads_end, auto_pad) of a Conv/pool window from ``pads`` / ``auto_pad``; SAME_*
+    pads are those that give ``out_sp`` outputs."""
+    nd = len(in_sp)
     auto_pad = nb.attr("auto_pad", "NOTSET") or "NOTSET"
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
     if auto_pad == "NOTSET":
         pads = [int(p) for p in (nb.attr("pads") or [0] * (2 * nd))]
-        pb, pe = pads[:nd], pads[nd:]
-    elif auto_pad == "VALID":
-        pb, pe = [0] * nd, [0] * nd
-    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return pads[:nd], pads[nd:], auto_pad
+    if auto_pad == "VALID":
+        return [0] * nd, [0] * nd, auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pb, pe = [], []
         for i in range(nd):
-            out = ceil_div(in_spatial[i], strides[i])
-            total = max(0, (out - 1) * strides[i] + (kspatial[i] - 1) * dil[i] + 1 - in_spatial[i])
+            total = max(0, (out_sp[i] - 1) * strides[i] + (ks[i] - 1) * dil[i] + 1 - in_sp[i])
             small, big = total // 2, total - total // 2
             pb.append(small if auto_pad == "SAME_UPPER" else big)
             pe.append(big if auto_pad == "SAME_UPPER" else small)
-    else:
-        raise Unsupported(f"{nb.op}: auto_pad {auto_pad!r} not supported")
+        return pb, pe, auto_pad
+    raise Unsupported(f"{nb.op}: auto_pad {auto_pad!r} not supported")
+
+
+def conv_geometry(nb: NodeBuilder, xshape, kspatial, in_spatial, out_spatial):
+    """(strides, dilations, pads_begin, pads_end) checked against the inferred output shape."""
+    nd = len(in_spatial)
+    strides = [int(s) for s in (nb.attr("strides") or [1] * nd)]
+    dil = [int(d) for d in (nb.attr("dilations") or [1] * nd)]
+    same_out = [ceil_div(in_spatial[i], strides[i]) for i in range(nd)]
+    pb, pe, _ = window_pads(nb, in_spatial, same_out, kspatial, strides, dil)
     for i in range(nd):
         ext = (kspatial[i] - 1) * dil[i] + 1
         want = (in_spatial[i] + pb[i] + pe[i] - ext) // strides[i] + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..plan import BufRef, NodeBuilder, Unsupported, ceil_div, planner, prod
+from .gemm import window_pads
 from .reduce import reduce_launch
 
 
@@ -11,23 +12,7 @@ def pool_geometry(nb: NodeBuilder, in_sp, out_sp, ks):
     strides = [int(s) for s in (nb.attr("strides") or [1] * nd)]
     dil = [int(d) for d in (nb.attr("dilations") or [1] * nd)]
     ceil_mode = int(nb.attr("ceil_mode", 0))
-    auto_pad = nb.attr("auto_pad", "NOTSET") or "NOTSET"
-    if isinstance(auto_pad, bytes):
-        auto_pad = auto_pad.decode()
-    if auto_pad == "NOTSET":
-        pads = [int(p) for p in (nb.attr("pads") or [0] * (2 * nd))]
-        pb, pe = pads[:nd], pads[nd:]
-    elif auto_pad == "VALID":
-        pb, pe = [0] * nd, [0] * nd
-    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pb, pe = [], []
-        for i in range(nd):
-            total = max(0, (out_sp[i] - 1) * strides[i] + (ks[i] - 1) * dil[i] + 1 - in_sp[i])
-            small, big = total // 2, total - total // 2
-            pb.append(small if auto_pad == "SAME_UPPER" else big)
-            pe.append(big if auto_pad == "SAME_UPPER" else small)
-    else:
-        raise Unsupported(f"{nb.op}: auto_pad {auto_pad!r} not supported")
+    pb, pe, auto_pad = window_pads(nb, in_sp, out_sp, ks, strides, dil)
     for i in range(nd):
         ext = (ks[i] - 1) * dil[i] + 1
         span = in_sp[i] + pb[i] + pe[i] - ext
