@@ -184,6 +184,19 @@ class OpenCLExecutable(Executable):
             return self._default
         return context
 
+    @staticmethod
+    def _enqueue_kernels(q, context, keep_events: bool) -> list:
+        """Queue every kernel of the plan in order (one in-order queue: no per-kernel finish);
+        return their events when profiling needs them."""
+        import pyopencl as cl
+
+        events = []
+        for k, g, l in context.kernels:
+            ev = cl.enqueue_nd_range_kernel(q, k, g, l)
+            if keep_events:
+                events.append(ev)
+        return events
+
     def run(self, feeds: Mapping[str, Any], context: Any = None,
             profile: list[ProfileRecord] | None = None) -> dict[str, Any]:
         import pyopencl as cl
@@ -205,11 +218,7 @@ class OpenCLExecutable(Executable):
                     keep.append(arr)
                     if arr.nbytes:
                         cl.enqueue_copy(q, context.bufs[spec.buf], arr, is_blocking=False)
-                events = []
-                for k, g, l in context.kernels:
-                    ev = cl.enqueue_nd_range_kernel(q, k, g, l)
-                    if profile is not None:
-                        events.append(ev)
+                events = self._enqueue_kernels(q, context, profile is not None)
                 outs: dict[str, Any] = {}
                 reads = []
                 for spec in plan.outputs:
@@ -296,11 +305,7 @@ class OpenCLExecutable(Executable):
                     keep.append(arr)
                     if arr.nbytes:
                         cl.enqueue_copy(q, context.bufs[spec.buf], arr, is_blocking=False)
-                events = []
-                for k, g, l in context.kernels:
-                    ev = cl.enqueue_nd_range_kernel(q, k, g, l)
-                    if profile is not None:
-                        events.append(ev)
+                events = self._enqueue_kernels(q, context, profile is not None)
                 outs: dict[str, Any] = {}
                 for spec in plan.outputs:
                     if spec.buf is None:
