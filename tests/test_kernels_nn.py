@@ -111,6 +111,26 @@ def test_conv_im2col_chunking_and_winograd_paths():
     np.testing.assert_allclose(got3, naive_conv(x, w, b, strides=[2, 1], pads=[1, 1, 1, 1]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,wshape,pads,dil", [
+    ((2, 24, 9, 11), (8, 24, 3, 3), [1, 1, 1, 1], [1, 1]),     # DenseNet-like: 3 outputs per 9 inputs
+    ((1, 20, 7, 6), (6, 20, 3, 2), [0, 2, 1, 0], [2, 1]),      # asymmetric pads, dilation, 3x2 kernel
+    ((1, 16, 5, 5), (4, 16, 5, 5), [0, 0, 0, 0], [1, 1]),      # no padding: x itself plus slack
+])
+def test_conv_shifted_gemm_path(shape, wshape, pads, dil):
+    # "GEMM first, shift after" (fewer outputs than inputs, stride 1): exact structure of the
+    # dispatch and the numerics against the direct tap sum, with the FusedConv epilogue and _out
+    x, w, b = rand(*shape), (rand(*wshape) / 10).astype(np.float32), rand(wshape[0])
+    assert K._use_shifted(x, w, 1, [1, 1], None, tuple(wshape[2:]))
+    want = naive_conv(x, w, b, pads=pads, dilations=dil)
+    got = K.conv(x, w, b, pads=pads, dilations=dil)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    r = rand(*want.shape)
+    out = np.empty(want.shape, np.float32)
+    got2 = K.fused_conv(x, w, b, r, pads=pads, dilations=dil, activation="Relu", _out=out)
+    assert got2 is out
+    np.testing.assert_allclose(got2, np.maximum(want + r, 0), rtol=1e-4, atol=1e-4)
+
+
 def test_conv_float16_and_inputs_untouched():
     x, w = rand(1, 3, 6, 6).astype(np.float16), rand(2, 3, 3, 3).astype(np.float16)
     x0, w0 = x.copy(), w.copy()

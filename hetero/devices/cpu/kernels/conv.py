@@ -139,8 +139,75 @@ def _compute_dtype(dt):
 # --------------------------------------------------------------------------------------------
 
 
-def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype):
-    """Convolution of float arrays (already in ``dtype``) -> new (N, M, *out_sp) array in ``dtype``."""
+class _Epilogue:
+    """What a conv does to each finished block of its output, while the block is still in cache:
+    add the bias, add the residual (FusedConv), apply the activation. A block is
+    ``y2[n, m0:m1, p0:p1]`` of the output viewed as (N, M, P) (P: the flattened output plane).
+
+    Applying it block by block inside the worker that computed the block (instead of as whole-array
+    passes at the end) saves two or three trips through memory per conv and spreads the work over
+    the threads."""
+
+    __slots__ = ("y2", "bias", "res2", "act", "params")
+
+    def __init__(self, y, b, residual, activation, params):
+        N, M = y.shape[:2]
+        self.y2 = y.reshape(N, M, -1)
+        self.bias = None if b is None else np.asarray(b, dtype=y.dtype).reshape(M, 1)
+        self.res2 = None if residual is None else residual.reshape(N, M, -1)
+        self.act = activation or ""
+        self.params = activation_params_list(params)
+
+    def __call__(self, n, m0, m1, p0, p1):
+        o = self.y2[n, m0:m1, p0:p1]
+        if self.bias is not None:
+            o += self.bias[m0:m1]
+        if self.res2 is not None:
+            np.add(o, self.res2[n, m0:m1, p0:p1], out=o, casting="unsafe")
+        if self.act:
+            apply_activation(o, self.act, self.params)
+
+
+def activation_params_list(params):
+    return list(params) if params is not None else []
+
+
+#: below this many multiply-adds a conv runs on the calling thread only (a hand-off costs ~30 us)
+MIN_PARALLEL_MACS = 1_500_000
+
+
+def _spread(units, fn, work):
+    """Run ``fn(unit)`` for every unit, the units cut into contiguous runs, one run per thread
+    (a single run on the caller when ``work``, in multiply-adds, does not pay for the hand-off)."""
+    T = parallel.threads()
+    if T <= 1 or len(units) < 2 or work < MIN_PARALLEL_MACS:
+        for u in units:
+            fn(u)
+        return
+
+    def run_range(lo, hi):
+        for u in units[lo:hi]:
+            fn(u)
+
+    parallel.run([(lambda lo=lo, hi=hi: run_range(lo, hi)) for lo, hi in parallel.split(len(units), T)])
+
+
+def _cuts(n, parts):
+    """[lo, hi) ranges cutting range(n) into ``parts`` near-equal pieces (fewer if n is smaller)."""
+    parts = max(1, min(n, parts))
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+#: output bytes of one GEMM block beyond one block per thread (measured: splitting further than
+#: one block per thread costs more in smaller GEMMs than the cache-warm epilogue saves)
+_BLOCK_OUT_BYTES = 64 << 20
+
+
+def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype, *, y=None, residual=None,
+              activation="", activation_params=()):
+    """Convolution of float arrays (already in ``dtype``) -> (N, M, *out_sp) array in ``dtype``,
+    written into ``y`` when given (it must have that shape and dtype). ``residual`` (same shape as
+    the output) is added after the bias, then ``activation`` is applied (FusedConv's epilogue)."""
     N, C = x.shape[:2]
     nsp = x.ndim - 2
     M = w.shape[0]
@@ -157,46 +224,67 @@ def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype):
                                                  for i in range(nsp))]
         pb = [max(0, p) for p in pb]
         pe = [max(0, p) for p in pe]
-    y = np.empty((N, M) + out_sp, dtype)
+    if y is None:
+        y = np.empty((N, M) + out_sp, dtype)
     P = math.prod(out_sp)
     K = math.prod(k)
     if y.size == 0:
         return y
+    epi = _Epilogue(y, b, residual, activation, activation_params)
     if Cg * K == 0:
         y[...] = 0
+        for n in range(N):
+            epi(n, 0, M, 0, P)
     elif K == 1 and not any(pb) and not any(pe):
-        _conv_1x1(x, w, y, g, strides, out_sp, P)
+        _conv_1x1(x, w, y, g, strides, out_sp, P, epi)
     elif Cg == 1 and g > 1:
-        _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k)
+        _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi)
+    elif _use_shifted(x, w, g, strides, out_sp, k):
+        _conv_shifted(x, w, y, dilations, pb, pe, out_sp, k, epi)
     elif _use_winograd(x, w, g, strides, dilations, out_sp, k):
-        _conv_winograd(x, w, y, b, pb, pe, out_sp)
-        return y
+        _conv_winograd(x, w, y, pb, pe, out_sp, epi)
     else:
-        _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, b)
-        return y  # bias already added chunk by chunk
-    if b is not None:
-        y += np.asarray(b, dtype=dtype).reshape((1, M) + (1,) * nsp)
+        _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi)
     return y
 
 
-def _conv_1x1(x, w, y, g, strides, out_sp, P):
+def _conv_1x1(x, w, y, g, strides, out_sp, P, epi):
+    """1x1 conv: W (M, C) @ X (C, P) per image (per group: a batched matmul), in blocks of output
+    columns (or of output channels when the plane is small), each block's epilogue right after it."""
     N, C = x.shape[:2]
     M = w.shape[0]
     sl = (slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_sp, strides))
     xs = x[sl]
     if not xs.flags.c_contiguous:
         xs = np.ascontiguousarray(xs)
+    T = parallel.threads()
+    work = M * (C // g) * P * N
     if g == 1:
         wm, xv, yv = w.reshape(M, C), xs.reshape(N, C, P), y.reshape(N, M, P)
-        for n in range(N):
-            parallel.matmul(wm, xv[n], yv[n])
+        nblk = max(T, -(-M * P * y.itemsize // _BLOCK_OUT_BYTES))
+        if P >= M:  # blocks of columns (multiples of 16 for aligned GEMM panels)
+            step = -(-P // nblk)
+            step = -(-step // 16) * 16
+            units = [(n, 0, M, p0, min(P, p0 + step)) for n in range(N) for p0 in range(0, P, step)]
+        else:  # blocks of output channels
+            units = [(n, m0, m1, 0, P) for n in range(N) for m0, m1 in _cuts(M, nblk)]
+
+        def unit(u):
+            n, m0, m1, p0, p1 = u
+            np.matmul(wm[m0:m1], xv[n, :, p0:p1], out=yv[n, m0:m1, p0:p1])
+            epi(n, m0, m1, p0, p1)
     else:
-        w3 = w.reshape(g, M // g, C // g)
-        x4 = xs.reshape(N, g, C // g, P)
-        y4 = y.reshape(N, g, M // g, P)
-        for n in range(N):
-            parallel.batched(g, lambda lo, hi: np.matmul(w3[lo:hi], x4[n, lo:hi], out=y4[n, lo:hi]),
-                             (M // g) * C * P)
+        Mg, Cg = M // g, C // g
+        w3 = w.reshape(g, Mg, Cg)
+        x4 = xs.reshape(N, g, Cg, P)
+        y4 = y.reshape(N, g, Mg, P)
+        units = [(n, g0, g1) for n in range(N) for g0, g1 in _cuts(g, T)]
+
+        def unit(u):
+            n, g0, g1 = u
+            np.matmul(w3[g0:g1], x4[n, g0:g1], out=y4[n, g0:g1])
+            epi(n, g0 * Mg, g1 * Mg, 0, P)
+    _spread(units, unit, work)
 
 
 def _tap_slices(k, dilations, strides, out_sp):
@@ -208,7 +296,7 @@ def _tap_slices(k, dilations, strides, out_sp):
     return res
 
 
-def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k):
+def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi):
     """Depthwise conv (one input channel per group, ``mult`` outputs per channel).
 
     numpy's broadcasting multiply (a per-channel weight times a plane) runs far below its
@@ -216,13 +304,18 @@ def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k):
     (C, K, P) columns and reduced by one batched matmul (C, mult, K) @ (C, K, P).
     With unit strides the gather is "wide": on the flattened padded plane every tap is one
     contiguous run (rows of the full padded pitch, a few garbage columns cropped at the end), so
-    the copy moves long rows instead of one short row per output line."""
+    the copy moves long rows instead of one short row per output line. Channels are cut into
+    blocks spread over the threads, each with its own column buffer."""
     N, C = x.shape[:2]
     M = w.shape[0]
     mult = M // C
     nsp = x.ndim - 2
     K = math.prod(k)
+    P = math.prod(out_sp)
     wk = w.reshape(C, mult, K)
+    T = parallel.threads()
+    work = M * K * P * N * 8  # memory-bound: count it as more than its multiply-adds
+    units = [(n, c0, c1) for n in range(N) for c0, c1 in _cuts(C, T)]
     if all(s == 1 for s in strides) and nsp >= 2:
         padded = [x.shape[2 + i] + pb[i] + pe[i] for i in range(nsp)]
         pitch = [math.prod(padded[i + 1:]) for i in range(nsp)]
@@ -237,30 +330,126 @@ def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k):
         view = as_strided(xp, (N, C) + tuple(k) + (Lw,),
                           xp.strides[:2] + tuple(dilations[i] * pitch[i] * it for i in range(nsp)) + (it,),
                           writeable=False)
-        cols = workspace("cols", C * K * Lw, y.dtype).reshape((C,) + tuple(k) + (Lw,))
-        yw = workspace("dw_out", C * mult * Lw, y.dtype).reshape(C, mult, Lw)
         crop = (slice(None), slice(None)) + tuple(slice(0, o) for o in out_sp[1:])
-        for n in range(N):
-            np.copyto(cols, view[n])
-            np.matmul(wk, cols.reshape(C, K, Lw), out=yw)
-            np.copyto(y[n], yw.reshape((M, out_sp[0]) + tuple(padded[1:]))[crop])
-        return
-    P = math.prod(out_sp)
-    xp = pad_input(x, pb, pe)
-    s_n, s_c = xp.strides[:2]
-    s_sp = xp.strides[2:]
-    view = as_strided(
-        xp, (N, C) + tuple(k) + tuple(out_sp),
-        (s_n, s_c) + tuple(d * s for d, s in zip(dilations, s_sp)) + tuple(st * s for st, s in zip(strides, s_sp)),
-        writeable=False)
-    cols = workspace("cols", C * K * P, y.dtype).reshape((C,) + tuple(k) + tuple(out_sp))
-    yv = y.reshape(N, C, mult, P)
-    for n in range(N):
-        np.copyto(cols, view[n])
-        np.matmul(wk, cols.reshape(C, K, P), out=yv[n])
+
+        def unit(u):
+            n, c0, c1 = u
+            nc = c1 - c0
+            cols = workspace("cols", nc * K * Lw, y.dtype).reshape((nc,) + tuple(k) + (Lw,))
+            yw = workspace("dw_out", nc * mult * Lw, y.dtype).reshape(nc, mult, Lw)
+            np.copyto(cols, view[n, c0:c1])
+            np.matmul(wk[c0:c1], cols.reshape(nc, K, Lw), out=yw)
+            np.copyto(y[n, c0 * mult:c1 * mult], yw.reshape((nc * mult, out_sp[0]) + tuple(padded[1:]))[crop])
+            epi(n, c0 * mult, c1 * mult, 0, P)
+    else:
+        xp = pad_input(x, pb, pe)
+        s_n, s_c = xp.strides[:2]
+        s_sp = xp.strides[2:]
+        view = as_strided(
+            xp, (N, C) + tuple(k) + tuple(out_sp),
+            (s_n, s_c) + tuple(d * s for d, s in zip(dilations, s_sp)) + tuple(st * s for st, s in zip(strides, s_sp)),
+            writeable=False)
+        yv = y.reshape(N, C, mult, P)
+
+        def unit(u):
+            n, c0, c1 = u
+            nc = c1 - c0
+            cols = workspace("cols", nc * K * P, y.dtype).reshape((nc,) + tuple(k) + tuple(out_sp))
+            np.copyto(cols, view[n, c0:c1])
+            np.matmul(wk[c0:c1], cols.reshape(nc, K, P), out=yv[n, c0:c1])
+            epi(n, c0 * mult, c1 * mult, 0, P)
+    _spread(units, unit, work)
 
 
-def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, b):
+def _use_shifted(x, w, g, strides, out_sp, k):
+    """Stride-1 2-D convs with fewer output than input channels (DenseNet's 128 -> 32 3x3) are
+    cheaper as "GEMM first, shift after" than im2col: see ``_conv_shifted``."""
+    return (g == 1 and len(k) == 2 and tuple(strides) == (1, 1) and math.prod(k) > 1
+            and w.shape[0] * _SHIFT_RATIO <= x.shape[1])
+
+
+#: ``_conv_shifted`` when output channels * this <= input channels
+_SHIFT_RATIO = 2
+
+
+def _conv_shifted(x, w, y, dilations, pb, pe, out_sp, k, epi):
+    """Conv as one GEMM over the padded input, then a shifted sum (no im2col copy).
+
+    Every tap t = (i, j) of the kernel is a GEMM ``W[:, :, i, j] (M, C) @ Xp (C, Hp*Wp)`` over the
+    padded input's flattened planes; stacking the taps gives ONE GEMM ``Wt (K*M, C) @ Xp`` whose
+    output Z holds every tap's contribution at every padded position. Output pixel (h, w') is the sum
+    over taps of Z[t, :, (h + i*dh) * Wp + w' + j*dw]: on the "wide" output (rows of the padded pitch
+    Wp, cropped at the end) tap t is the window of Z[t] starting at offset i*dh*Wp + j*dw, and the
+    windows of all taps are ONE ``as_strided`` view (kh, kw, M, OH*Wp) of Z, summed over its first two
+    axes. Data moved: the K*M*Hp*Wp GEMM output instead of im2col's K*C*OH*OW columns, so this wins
+    when M is well below C. Output channels are cut into blocks spread over the threads.
+
+    Traced example, 3x3 pads 1 on 4x4 (Hp = Wp = 6, wide output 4 rows x 6): output (0, 0) sums
+    Z[(0,0)][0] + Z[(0,1)][1] + Z[(0,2)][2] + Z[(1,0)][6] + ... + Z[(2,2)][14]."""
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    kh, kw = k
+    dh, dw = dilations
+    OH, OW = out_sp
+    Hp, Wp = x.shape[2] + pb[0] + pe[0], x.shape[3] + pb[1] + pe[1]
+    L = OH * Wp
+    max_off = (kh - 1) * dh * Wp + (kw - 1) * dw
+    plane = Hp * Wp
+    cols = max(plane, max_off + L)  # Z columns every window can read
+    # the windows read up to cols - plane elements past the last plane: pad_input's slack
+    xp = pad_input(x, pb, pe, slack=cols - plane)
+    if not xp.flags.c_contiguous:  # (no padding and no slack needed: x itself, maybe a view)
+        xp = np.ascontiguousarray(xp)
+    K = kh * kw
+    wt = _tap_major_weights(w)  # (M * K, C): row m * K + t is tap t of output channel m
+    dt = y.dtype
+    it = dt.itemsize
+    T = parallel.threads()
+    units = [(n, m0, m1) for n in range(N) for m0, m1 in _cuts(M, T)]
+
+    def unit(u):
+        n, m0, m1 = u
+        mb = m1 - m0
+        xn = as_strided(xp[n], (C, cols), (plane * it, it), writeable=False)
+        Z = workspace("shift_z", K * mb * cols, dt).reshape(mb * K, cols)
+        np.matmul(wt[m0 * K:m1 * K], xn, out=Z)
+        win = as_strided(Z, (kh, kw, mb, L), (kw * cols * it + dh * Wp * it, cols * it + dw * it,
+                                              K * cols * it, it), writeable=False)
+        yw = workspace("shift_y", mb * L, dt).reshape(mb, L)
+        np.sum(win, axis=(0, 1), out=yw)
+        np.copyto(y[n, m0:m1], yw.reshape(mb, OH, Wp)[:, :, :OW])
+        epi(n, m0, m1, 0, OH * OW)
+    _spread(units, unit, M * C * kh * kw * OH * OW * N)
+
+
+_tapw_cache: dict = {}
+
+
+def _tap_major_weights(w):
+    """w (M, C, kh, kw) -> (M*kh*kw, C) contiguous (row m*K + t: tap t of output m), cached per
+    weight array like Winograd's."""
+    key = id(w)
+    hit = _tapw_cache.get(key)
+    if hit is not None and hit[0]() is w and hit[1] == w.shape:
+        return hit[2]
+    wt = np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1], -1).transpose(0, 2, 1)).reshape(-1, w.shape[1])
+    try:
+        import weakref
+        ref = weakref.ref(w)
+    except TypeError:
+        return wt
+    if len(_tapw_cache) > 512:
+        for kk in [kk for kk, v in list(_tapw_cache.items()) if v[0]() is None]:
+            _tapw_cache.pop(kk, None)
+    _tapw_cache[key] = (ref, w.shape, wt)
+    return wt
+
+
+def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi):
+    """im2col + GEMM. The padded input is exposed as an ``as_strided`` (C, taps, out rows, out cols)
+    view; a band of output rows at a time is copied into a per-thread column buffer and multiplied
+    straight into the output, the bands spread over the threads. When the whole column matrix is
+    small (late layers: 7x7 planes) it is built once and the GEMM is cut by output channels."""
     N, C = x.shape[:2]
     M = w.shape[0]
     nsp = x.ndim - 2
@@ -268,6 +457,8 @@ def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, b):
     K = math.prod(k)
     CK = Cg * K
     dt = y.dtype
+    P = math.prod(out_sp)
+    T = parallel.threads()
     xp = pad_input(x, pb, pe)
     s_n, s_c = xp.strides[:2]
     s_sp = xp.strides[2:]
@@ -281,31 +472,40 @@ def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, b):
     O0 = out_sp[0]
     rest = math.prod(out_sp[1:])
     row_bytes = C * K * rest * dt.itemsize
-    rows = max(1, _COLS_CHUNK_BYTES // max(1, row_bytes), -(-_MIN_CHUNK_COLS // max(1, rest)))
-    rows = min(O0, rows)
-    # keep the chunks roughly even so the last one is not tiny
-    nchunks = -(-O0 // rows)
-    rows = -(-O0 // nchunks)
-    cbuf = workspace("cols", C * K * rows * rest, dt)
+    work = M * CK * P * N
     yv = y.reshape(N, g, Mg, O0, rest)
-    bias = None if b is None else np.asarray(b, dtype=dt).reshape(g, Mg, 1)
     lead = (slice(None),) * (1 + nsp)
-    for n in range(N):
-        vn = view[n]
-        for r0 in range(0, O0, rows):
-            r1 = min(O0, r0 + rows)
-            nr = r1 - r0
-            cb = cbuf[:C * K * nr * rest].reshape((C,) + k + (nr,) + tuple(out_sp[1:]))
-            np.copyto(cb, vn[lead + (slice(r0, r1),)])
-            cm = cb.reshape(g, CK, nr * rest)
-            o = yv[n, :, :, r0:r1, :].reshape(g, Mg, nr * rest, copy=False)
-            if g == 1:
-                parallel.matmul(wm[0], cm[0], o[0])
-            else:
-                parallel.batched(g, lambda lo, hi: np.matmul(wm[lo:hi], cm[lo:hi], out=o[lo:hi]),
-                                 Mg * CK * nr * rest)
-            if bias is not None:
-                o += bias
+    if g == 1 and T > 1 and (O0 < 2 * T or row_bytes * O0 <= _COLS_CHUNK_BYTES) and M >= 8 * T:
+        # small plane: one column matrix, GEMM blocks by output channels
+        cb = workspace("cols", C * K * P, dt).reshape((C,) + k + tuple(out_sp))
+        y3 = y.reshape(N, M, P)
+        for n in range(N):
+            np.copyto(cb, view[n])
+            cm = cb.reshape(CK, P)
+
+            def unit(u, n=n, cm=cm):
+                m0, m1 = u
+                np.matmul(wm[0, m0:m1], cm, out=y3[n, m0:m1])
+                epi(n, m0, m1, 0, P)
+            _spread(_cuts(M, T), unit, work // N)
+        return
+    rows = max(1, _COLS_CHUNK_BYTES // max(1, row_bytes), -(-_MIN_CHUNK_COLS // max(1, rest)))
+    rows = min(O0, rows, max(1, -(-O0 // T)) if work >= MIN_PARALLEL_MACS else O0)
+    nchunks = -(-O0 // rows)  # keep the chunks roughly even so the last one is not tiny
+    rows = -(-O0 // nchunks)
+    units = [(n, r0, min(O0, r0 + rows)) for n in range(N) for r0 in range(0, O0, rows)]
+
+    def unit(u):
+        n, r0, r1 = u
+        nr = r1 - r0
+        cbuf = workspace("cols", C * K * nr * rest, dt)
+        cb = cbuf.reshape((C,) + k + (nr,) + tuple(out_sp[1:]))
+        np.copyto(cb, view[n][lead + (slice(r0, r1),)])
+        cm = cb.reshape(g, CK, nr * rest)
+        o = yv[n, :, :, r0:r1, :].reshape(g, Mg, nr * rest, copy=False)
+        np.matmul(wm, cm, out=o)
+        epi(n, 0, M, r0 * rest, r1 * rest)
+    _spread(units, unit, work)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +564,10 @@ _AT32 = _WINO_AT.astype(np.float32)
 _ATT32 = np.ascontiguousarray(_AT32.T)
 
 
-def _conv_winograd(x, w, y, b, pb, pe, out_sp):
+def _conv_winograd(x, w, y, pb, pe, out_sp, epi):
+    """Winograd F(4x4, 3x3) in bands of tile rows; the bands are spread over the threads (each
+    with its own transform buffers) when there are enough of them, otherwise the 36 GEMMs of the
+    single band are."""
     N, C = x.shape[:2]
     M = w.shape[0]
     H, W = x.shape[2:]
@@ -378,31 +581,39 @@ def _conv_winograd(x, w, y, b, pb, pe, out_sp):
     xp = pad_input(x, pb, [pe[0] + max(0, eh), pe[1] + max(0, ew)])
     s_n, s_c, s_h, s_w = xp.strides
     dt = np.float32
+    T = parallel.threads()
     per_row = a * a * max(C, M) * N * TW * 4  # bytes of one tile row in the largest buffer
     rows = max(1, min(TH, _COLS_CHUNK_BYTES * 2 // max(1, per_row)))
+    if T > 1 and TH >= 2 * T:
+        rows = min(rows, -(-TH // T))
     nch = -(-TH // rows)
     rows = -(-TH // nch)
-    bias = None if b is None else np.asarray(b, dtype=dt).reshape(1, M, 1, 1)
-    for r0 in range(0, TH, rows):
-        r1 = min(TH, r0 + rows)
+    bands = [(r0, min(TH, r0 + rows)) for r0 in range(0, TH, rows)]
+    inner_parallel = len(bands) < T  # one band: let its 36 GEMMs use the threads instead
+
+    def band(u):
+        r0, r1 = u
         nr = r1 - r0
-        T = N * nr * TW
+        Tn = N * nr * TW
         tiles = as_strided(xp[:, :, r0 * m:], (a, a, C, N, nr, TW), (s_h, s_w, s_c, s_n, m * s_h, m * s_w),
                            writeable=False)
-        D = workspace("wino_d", a * a * C * T, dt).reshape(a, a, C, N, nr, TW)
+        D = workspace("wino_d", a * a * C * Tn, dt).reshape(a, a, C, N, nr, TW)
         np.copyto(D, tiles)
-        D1 = workspace("wino_d1", a * a * C * T, dt).reshape(a, a * C * T)
-        np.matmul(_BT32, D.reshape(a, a * C * T), out=D1)           # rows:    B^T d
-        V = D.reshape(a, a, C * T)
-        np.matmul(_BT32, D1.reshape(a, a, C * T), out=V)            # columns: (B^T d) B
-        Y = workspace("wino_y", a * a * M * T, dt).reshape(a * a, M, T)
-        Vb = V.reshape(a * a, C, T)                                 # 36 GEMMs (M, C) @ (C, T)
-        parallel.batched(a * a, lambda lo, hi: np.matmul(U[lo:hi], Vb[lo:hi], out=Y[lo:hi]),
-                         M * C * T * 4)
-        Z1 = workspace("wino_z1", m * a * M * T, dt).reshape(m, a * M * T)
-        np.matmul(_AT32, Y.reshape(a, a * M * T), out=Z1)           # rows:    A^T Y
-        Z2 = workspace("wino_z2", m * M * T * m, dt).reshape(m, M * T, m)
-        np.matmul(Z1.reshape(m, a, M * T).transpose(0, 2, 1), _ATT32, out=Z2)  # columns, j innermost
+        D1 = workspace("wino_d1", a * a * C * Tn, dt).reshape(a, a * C * Tn)
+        np.matmul(_BT32, D.reshape(a, a * C * Tn), out=D1)           # rows:    B^T d
+        V = D.reshape(a, a, C * Tn)
+        np.matmul(_BT32, D1.reshape(a, a, C * Tn), out=V)            # columns: (B^T d) B
+        Y = workspace("wino_y", a * a * M * Tn, dt).reshape(a * a, M, Tn)
+        Vb = V.reshape(a * a, C, Tn)                                 # 36 GEMMs (M, C) @ (C, Tn)
+        if inner_parallel:
+            parallel.batched(a * a, lambda lo, hi: np.matmul(U[lo:hi], Vb[lo:hi], out=Y[lo:hi]),
+                             M * C * Tn * 4)
+        else:
+            np.matmul(U, Vb, out=Y)
+        Z1 = workspace("wino_z1", m * a * M * Tn, dt).reshape(m, a * M * Tn)
+        np.matmul(_AT32, Y.reshape(a, a * M * Tn), out=Z1)           # rows:    A^T Y
+        Z2 = workspace("wino_z2", m * M * Tn * m, dt).reshape(m, M * Tn, m)
+        np.matmul(Z1.reshape(m, a, M * Tn).transpose(0, 2, 1), _ATT32, out=Z2)  # columns, j innermost
         # Z2[i, M, n, th, tw, j] -> y[n, M, th*4 + i, tw*4 + j]
         Z = Z2.reshape(m, M, N, nr, TW * m)
         h0, h1 = r0 * m, min(OH, r1 * m)
@@ -414,8 +625,10 @@ def _conv_winograd(x, w, y, b, pb, pe, out_sp):
             tmp = workspace("wino_tail", N * M * full * OW, dt).reshape(N, M, nr, m, OW)
             np.copyto(tmp, src)
             y[:, :, h0:h1, :] = tmp.reshape(N, M, full, OW)[:, :, :h1 - h0]
-        if bias is not None:
-            y[:, :, h0:h1, :] += bias
+        for n in range(N):
+            epi(n, 0, M, h0 * OW, h1 * OW)
+
+    _spread(bands, band, M * C * N * OH * OW * 4 if not inner_parallel else 0)
 
 
 def _prepare_conv(x, w, kernel_shape, strides, dilations, pads, auto_pad):
@@ -441,7 +654,9 @@ def _t(v):
 
 
 def conv_float(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-               pads=None, strides=None):
+               pads=None, strides=None, residual=None, activation="", activation_params=(), out=None):
+    """Float Conv (+ FusedConv's residual and activation); writes into ``out`` when it has the
+    result's shape and dtype (the memory plan's buffer), else returns a new array."""
     # geometry per (shapes, attributes): the same node sees the same key on every inference
     key = (x.shape, w.shape, _t(kernel_shape), _t(strides), _t(dilations), _t(pads), auto_pad)
     geo = _geom_cache.get(key)
@@ -450,35 +665,48 @@ def conv_float(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kern
         if len(_geom_cache) > 4096:
             _geom_cache.clear()
         _geom_cache[key] = geo
-    st, dl, pb, pe, out = geo
+    st, dl, pb, pe, osp = geo
     odt = np.result_type(x.dtype, w.dtype)
     cdt = _compute_dtype(odt)
     xc = x.astype(cdt, copy=False)
     wc = w.astype(cdt, copy=False)
-    y = conv_core(xc, wc, b, group, st, dl, pb, pe, out, cdt)
-    return y if y.dtype == odt else y.astype(odt)
+    shape = (x.shape[0], w.shape[0]) + tuple(osp)
+    late = None  # a residual that only broadcasts to the output: added after the conv
+    if residual is not None:
+        r = np.asarray(residual)
+        if r.shape != shape:
+            if np.broadcast_shapes(shape, r.shape) != shape:
+                raise ValueError(f"FusedConv residual of shape {r.shape} does not match output {shape}")
+            late, r = r, None
+        residual = r
+    y = out if (out is not None and odt == cdt and out.shape == shape and out.dtype == cdt
+                and out.flags.c_contiguous) else None
+    if late is None:
+        y = conv_core(xc, wc, b, group, st, dl, pb, pe, osp, cdt, y=y, residual=residual,
+                      activation=activation, activation_params=activation_params)
+        return y if y.dtype == odt else y.astype(odt)
+    y = conv_core(xc, wc, b, group, st, dl, pb, pe, osp, cdt, y=y)
+    if y.dtype != odt:
+        y = y.astype(odt)
+    np.add(y, late, out=y, casting="unsafe")
+    if activation:
+        apply_activation(y, activation, activation_params)
+    return y
 
 
 @kernel("Conv", since=1)
 def conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None):
+         strides=None, _out=None):
     return conv_float(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
-                      kernel_shape=kernel_shape, pads=pads, strides=strides)
+                      kernel_shape=kernel_shape, pads=pads, strides=strides, out=_out)
 
 
 @kernel("FusedConv", domain="hetero")
 def fused_conv(X, W, B=None, residual=None, *, auto_pad="NOTSET", dilations=None, group=1,
-               kernel_shape=None, pads=None, strides=None, activation="", activation_params=()):
-    y = conv_float(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
-                   kernel_shape=kernel_shape, pads=pads, strides=strides)
-    if residual is not None:
-        r = np.asarray(residual)
-        if np.broadcast_shapes(y.shape, r.shape) != y.shape:
-            raise ValueError(f"FusedConv residual of shape {r.shape} does not match output {y.shape}")
-        np.add(y, r, out=y, casting="unsafe")
-    if activation:
-        apply_activation(y, activation, activation_params)
-    return y
+               kernel_shape=None, pads=None, strides=None, activation="", activation_params=(), _out=None):
+    return conv_float(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
+                      kernel_shape=kernel_shape, pads=pads, strides=strides, residual=residual,
+                      activation=activation, activation_params=activation_params, out=_out)
 
 
 # --------------------------------------------------------------------------------------------

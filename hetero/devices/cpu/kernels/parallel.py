@@ -106,26 +106,36 @@ class limit:
 # ---- the pool --------------------------------------------------------------------------------------------
 
 class _Pool:
-    """THREADS - 1 daemon workers, each blocking on its own queue; one user at a time (``busy``)."""
+    """THREADS - 1 daemon workers, each blocking on its own start lock; one user at a time (``busy``).
+
+    Hand-off is two raw ``_thread`` locks per worker (``go`` released by the caller, ``done`` by the
+    worker): a wake-up costs ~16 us here against ~50 us through ``queue.SimpleQueue`` plus
+    ``threading.Semaphore`` (whose acquire/release run Python code under the GIL).
+    """
 
     def __init__(self, n: int):
-        import queue
+        import _thread
 
         self.busy = threading.Lock()
-        self.queues = []
+        self.workers = []
         for i in range(n):
-            q: queue.SimpleQueue = queue.SimpleQueue()
-            threading.Thread(target=self._work, args=(q,), name=f"hetero-cpu-kernel-{i}", daemon=True).start()
-            self.queues.append(q)
+            go, done = _thread.allocate_lock(), _thread.allocate_lock()
+            go.acquire()
+            done.acquire()
+            slot = [go, done, None, None]  # go, done, task, error
+            threading.Thread(target=self._work, args=(slot,), name=f"hetero-cpu-kernel-{i}", daemon=True).start()
+            self.workers.append(slot)
 
     @staticmethod
-    def _work(q):
+    def _work(slot):
+        go, done = slot[0], slot[1]
         while True:
-            fn, box, done = q.get()
+            go.acquire()
             try:
-                fn()
+                slot[2]()
             except BaseException as e:  # noqa: BLE001 - handed to the caller
-                box.append(e)
+                slot[3] = e
+            slot[2] = None
             done.release()
 
 
@@ -171,21 +181,22 @@ def run(tasks) -> None:
     try:
         for i in range(0, len(tasks), width):
             batch = tasks[i:i + width]
-            box: list = []
-            done = threading.Semaphore(0)
-            for q, t in zip(pool.queues, batch[1:]):
-                q.put((t, box, done))
+            used = pool.workers[:len(batch) - 1]
+            for slot, t in zip(used, batch[1:]):
+                slot[2], slot[3] = t, None
+                slot[0].release()
             err = None
             try:
                 batch[0]()
             except BaseException as e:  # noqa: BLE001 - still wait for the workers
                 err = e
-            for _ in batch[1:]:
-                done.acquire()
+            for slot in used:
+                slot[1].acquire()
+                if err is None and slot[3] is not None:
+                    err = slot[3]
+                slot[3] = None
             if err is not None:
                 raise err
-            if box:
-                raise box[0]
     finally:
         pool.busy.release()
 
