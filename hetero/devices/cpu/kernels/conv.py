@@ -172,8 +172,16 @@ def activation_params_list(params):
     return list(params) if params is not None else []
 
 
-#: below this many multiply-adds a conv runs on the calling thread only (a hand-off costs ~30 us)
-MIN_PARALLEL_MACS = 1_500_000
+#: below this many multiply-adds a conv runs on the calling thread only: a hand-off costs ~30 us,
+#: and two threads running short numpy calls wait on each other for the GIL (measured: 1x1 convs
+#: of 1.6-3.1 M multiply-adds took 0.15-0.33 ms split over 2 threads against 0.08-0.24 ms on one)
+MIN_PARALLEL_MACS = 4_000_000
+
+
+def _threads_for(work):
+    """Threads a conv of ``work`` multiply-adds is cut for: 1 below MIN_PARALLEL_MACS (cutting a
+    small conv into blocks run one after another only adds calls)."""
+    return parallel.threads() if work >= MIN_PARALLEL_MACS else 1
 
 
 def _spread(units, fn, work):
@@ -257,8 +265,8 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P, epi):
     xs = x[sl]
     if not xs.flags.c_contiguous:
         xs = np.ascontiguousarray(xs)
-    T = parallel.threads()
     work = M * (C // g) * P * N
+    T = _threads_for(work)
     if g == 1:
         wm, xv, yv = w.reshape(M, C), xs.reshape(N, C, P), y.reshape(N, M, P)
         nblk = max(T, -(-M * P * y.itemsize // _BLOCK_OUT_BYTES))
@@ -313,8 +321,8 @@ def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi):
     K = math.prod(k)
     P = math.prod(out_sp)
     wk = w.reshape(C, mult, K)
-    T = parallel.threads()
     work = M * K * P * N * 8  # memory-bound: count it as more than its multiply-adds
+    T = _threads_for(work)
     units = [(n, c0, c1) for n in range(N) for c0, c1 in _cuts(C, T)]
     if all(s == 1 for s in strides) and nsp >= 2:
         padded = [x.shape[2 + i] + pb[i] + pe[i] for i in range(nsp)]
@@ -404,7 +412,7 @@ def _conv_shifted(x, w, y, dilations, pb, pe, out_sp, k, epi):
     wt = _tap_major_weights(w)  # (M * K, C): row m * K + t is tap t of output channel m
     dt = y.dtype
     it = dt.itemsize
-    T = parallel.threads()
+    T = _threads_for(M * C * kh * kw * OH * OW * N)
     units = [(n, m0, m1) for n in range(N) for m0, m1 in _cuts(M, T)]
 
     def unit(u):
@@ -458,7 +466,7 @@ def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi):
     CK = Cg * K
     dt = y.dtype
     P = math.prod(out_sp)
-    T = parallel.threads()
+    T = _threads_for(M * CK * P * N)
     xp = pad_input(x, pb, pe)
     s_n, s_c = xp.strides[:2]
     s_sp = xp.strides[2:]
@@ -581,7 +589,7 @@ def _conv_winograd(x, w, y, pb, pe, out_sp, epi):
     xp = pad_input(x, pb, [pe[0] + max(0, eh), pe[1] + max(0, ew)])
     s_n, s_c, s_h, s_w = xp.strides
     dt = np.float32
-    T = parallel.threads()
+    T = _threads_for(M * C * N * OH * OW * 4)
     per_row = a * a * max(C, M) * N * TW * 4  # bytes of one tile row in the largest buffer
     rows = max(1, min(TH, _COLS_CHUNK_BYTES * 2 // max(1, per_row)))
     if T > 1 and TH >= 2 * T:

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from ..registry import kernel
+from . import parallel
 
 _SIGNED_INT = "i"
 _INT_KINDS = "iu"
@@ -642,6 +643,10 @@ def _sigmoid_f(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 @kernel("Relu", since=1)
 def relu(x, *, consumed_inputs=None, _out=None):
     if _fits(_out, x):
+        if x.ndim >= 2 and x.size >= parallel.MIN_SPLIT_ELEMS:  # channel blocks on all threads
+            zero = x.dtype.type(0)
+            parallel.batched(x.shape[1], lambda lo, hi: np.maximum(x[:, lo:hi], zero, out=_out[:, lo:hi]), x.size)
+            return _out
         return np.maximum(x, x.dtype.type(0), out=_out)
     if x.dtype.kind == "V":
         return _arr(np.maximum(x.astype(np.float32), 0), x.dtype)

@@ -94,7 +94,7 @@ def _bn_param(p: np.ndarray, x: np.ndarray) -> np.ndarray:
 @kernel("BatchNormalization", since=1)
 def batch_normalization(x, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
                         training_mode=0, is_test=0, spatial=1, consumed_inputs=None,
-                        _num_outputs=1, _opset=None):
+                        _num_outputs=1, _opset=None, _out=None):
     dt = x.dtype
     training = bool(training_mode) or (_opset is not None and _opset < 14 and _num_outputs > 1 and not is_test)
     eps = float(epsilon)
@@ -103,6 +103,16 @@ def batch_normalization(x, scale, B, input_mean, input_var, *, epsilon=1e-5, mom
         var = _bn_param(input_var, x).astype(dt, copy=False)
         a = _bn_param(scale, x).astype(dt, copy=False) / np.sqrt(var + _scalar_f(eps, dt))
         b = _bn_param(B, x).astype(dt, copy=False) - mean * a
+        if x.ndim >= 2 and a.shape == b.shape == (1, x.shape[1]) + (1,) * (x.ndim - 2):
+            # per-channel: scale and shift each channel block on its own thread, into the plan's buffer
+            y = _out if (_out is not None and _out.shape == x.shape and _out.dtype == dt) else np.empty(x.shape, dt)
+
+            def block(lo, hi):
+                ys = y[:, lo:hi]
+                np.multiply(x[:, lo:hi], a[:, lo:hi], out=ys)
+                ys += b[:, lo:hi]
+            parallel.batched(x.shape[1], block, x.size)
+            return y
         y = x * a
         y += b
         return y

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from ..registry import kernel
+from . import parallel
 from .conv import _compute_dtype, _ints, _tap_slices, conv_geometry, pad_input, workspace
 
 
@@ -244,7 +245,9 @@ def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
     if _num_outputs <= 1:
         if _covers_all(X.shape[2:], k, dl, st, pb, out):
             return X.reshape(N, C, -1).max(axis=2).reshape((N, C) + (1,) * nsp)
-        return _reduce(X, k, dl, st, pb, pe_need, out, np.maximum, dt, _min_value(dt))
+        lo = _min_value(dt)
+        # channels are independent: blocks of them pooled on all threads
+        return parallel.channels(X, lambda xs: _reduce(xs, k, dl, st, pb, pe_need, out, np.maximum, dt, lo))
     xp = pad_input(X, pb, pe_need, value=_min_value(dt))
     # values + indices: running max over all taps, remembering the first winning tap
     taps = _tap_slices(k, dl, st, out)
@@ -312,7 +315,13 @@ def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     if _covers_all(X.shape[2:], k, dl, st, pb, out):
         y = x.reshape(N, C, -1).sum(axis=2, dtype=cdt).reshape((N, C) + (1,) * (X.ndim - 2))
     else:
-        y = _reduce(x, k, dl, st, pb, pe_need, out, np.add, cdt, 0)
+        def block(xs):
+            ys = _reduce(xs, k, dl, st, pb, pe_need, out, np.add, cdt, 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ys /= div
+            return ys
+        y = parallel.channels(x, block)  # channels are independent: blocks on all threads
+        return y if y.dtype == dt else y.astype(dt)
     with np.errstate(divide="ignore", invalid="ignore"):
         y /= div
     return y if y.dtype == dt else y.astype(dt)
