@@ -86,3 +86,110 @@ def _split_matmul_in_child():
     out = np.empty((64, 1024), np.float32)
     P.matmul(a, b, out)
     return bool((out == 512).all())
+
+
+# ---- kernels on their multi-threaded paths (thresholds forced to zero, so small arrays take them) ----
+
+from onnx import TensorProto, helper  # noqa: E402
+from onnx.reference import ReferenceEvaluator  # noqa: E402
+
+from hetero.devices.cpu.kernels import conv as CV  # noqa: E402
+from hetero.devices.cpu.kernels import elementwise as EW  # noqa: E402
+from hetero.devices.cpu.kernels import nn as NN  # noqa: E402
+from hetero.devices.cpu.kernels import pool as PL  # noqa: E402
+from hetero.devices.cpu.kernels import shape as SH  # noqa: E402
+
+
+def _ref(op, inputs, **attrs):
+    names = [f"i{k}" for k in range(len(inputs))]
+    node = helper.make_node(op, names, ["o"], **attrs)
+    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+           for n, v in zip(names, inputs)]
+    g = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info("o", TensorProto.UNDEFINED, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 22)])
+    return ReferenceEvaluator(m).run(None, dict(zip(names, inputs)))[0]
+
+
+@pytest.fixture
+def split_everything(two_threads, monkeypatch):
+    """Every kernel takes its multi-threaded path; yields the list of task counts P.run was given
+    (so a test can assert the split really happened)."""
+    monkeypatch.setattr(CV, "MIN_PARALLEL_MACS", 0)
+    monkeypatch.setattr(P, "MIN_SPLIT_ELEMS", 0)
+    monkeypatch.setattr(P, "MIN_CHANNEL_SPLIT_ELEMS", 0)
+    calls = []
+    real = P.run
+
+    def spy(tasks):
+        tasks = list(tasks)
+        calls.append(len(tasks))
+        return real(tasks)
+    monkeypatch.setattr(P, "run", spy)
+    return calls
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed + len(shape)).standard_normal(shape).astype(np.float32)
+
+
+# (x shape, w shape, attrs): one case per conv path of conv.py, each on two images
+CONV_PATHS = {
+    "1x1 by columns": ((2, 8, 9, 10), (6, 8, 1, 1), {}),
+    "1x1 by channels": ((2, 8, 3, 2), (40, 8, 1, 1), {}),
+    "1x1 grouped": ((2, 8, 5, 5), (12, 2, 1, 1), {"group": 4}),
+    "depthwise wide": ((2, 6, 7, 8), (12, 1, 3, 3), {"group": 6, "pads": [1, 1, 1, 1]}),
+    "depthwise strided": ((2, 6, 9, 9), (6, 1, 3, 3), {"group": 6, "pads": [1, 0, 1, 0], "strides": [2, 2]}),
+    "im2col small plane": ((2, 5, 4, 4), (32, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "im2col row bands": ((2, 3, 20, 18), (4, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 1]}),
+    "shifted GEMM": ((2, 16, 8, 7), (4, 16, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "winograd bands": ((2, 32, 20, 14), (32, 32, 3, 3), {"pads": [1, 1, 1, 1]}),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CONV_PATHS))
+def test_conv_paths_split_over_threads_match_reference(split_everything, path):
+    xs, ws, attrs = CONV_PATHS[path]
+    x, w, b = _rand(*xs), _rand(*ws, seed=1) / 4, _rand(ws[0], seed=2)
+    want = _ref("Conv", [x, w, b], kernel_shape=list(ws[2:]), **attrs)
+    r = _rand(*want.shape, seed=3)
+    out = np.empty(want.shape, np.float32)
+    got = CV.fused_conv(x, w, b, r, kernel_shape=list(ws[2:]), activation="Relu", _out=out, **attrs)
+    assert got is out
+    assert split_everything and max(split_everything) >= 2, "the conv never used the second thread"
+    np.testing.assert_allclose(got, np.maximum(want + r, 0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2]}),
+    ("MaxPool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("AveragePool", {"kernel_shape": [2, 2], "count_include_pad": 1, "pads": [0, 0, 1, 1]}),
+])
+def test_pools_split_by_channels_match_reference(split_everything, op, attrs):
+    x = _rand(2, 5, 11, 9)
+    fn = PL.max_pool if op == "MaxPool" else PL.average_pool
+    got = fn(x, **attrs)
+    assert split_everything == [2]
+    np.testing.assert_allclose(got, _ref(op, [x], **attrs), rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_relu_concat_split_match_reference(split_everything):
+    x = _rand(2, 6, 5, 4)
+    s, bias, mean = _rand(6, seed=1), _rand(6, seed=2), _rand(6, seed=3)
+    var = np.abs(_rand(6, seed=4)) + 0.1
+    out = np.empty_like(x)
+    y = NN.batch_normalization(x, s, bias, mean, var, epsilon=1e-3, _out=out)
+    assert y is out
+    np.testing.assert_allclose(y, _ref("BatchNormalization", [x, s, bias, mean, var], epsilon=1e-3),
+                               rtol=1e-5, atol=1e-5)
+    r = np.empty_like(x)
+    assert EW.relu(y, _out=r) is r
+    np.testing.assert_array_equal(r, np.maximum(y, 0))
+    parts = [_rand(2, 1, 5, 4, seed=5), _rand(2, 7, 5, 4, seed=6), _rand(2, 2, 5, 4, seed=7)]
+    for axis in (1, 2):
+        ps = parts if axis == 1 else [p.transpose(0, 2, 1, 3).copy() for p in parts]
+        want = np.concatenate(ps, axis=axis)
+        out = np.empty(want.shape, np.float32)
+        assert SH.concat(*ps, axis=axis, _out=out) is out
+        np.testing.assert_array_equal(out, want)
+    assert split_everything.count(2) >= 4  # BN, Relu and both concats each cut in two

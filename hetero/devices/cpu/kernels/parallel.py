@@ -234,20 +234,19 @@ def batched(n: int, fn, work: int) -> None:
     run([(lambda lo=lo, hi=hi: fn(lo, hi)) for lo, hi in split(n)])
 
 
-def channels(x: np.ndarray, fn, out: np.ndarray | None = None):
+def channels(x: np.ndarray, fn):
     """Run a per-channel-independent op over x (N, C, ...) in channel blocks across the threads.
 
-    ``fn(xs) -> ys`` maps a channel block ``x[:, lo:hi]`` to its result block (same leading N,
-    block of C). With ``out`` given, each block's result is copied into ``out[:, lo:hi]`` (when fn
-    did not already write there) and ``out`` is returned; without, the blocks are concatenated.
+    ``fn(xs) -> ys`` maps a channel block ``x[:, lo:hi]`` to its result block (same N, that block
+    of C); the blocks' results are concatenated along axis 1.
     Below MIN_CHANNEL_SPLIT_ELEMS elements (or one thread, or fewer than 2 channels) it is simply
     ``fn(x)``: ops made of many small numpy calls (a pool is ~10 per block) hold the GIL between
     calls, and below that size two threads mostly wait for each other (measured, AveragePool 3x3 s2
     on 24x56x56: 0.195 ms on one thread, 0.415 ms split; MaxPool on 64x111x111: 1.17 -> 0.81 ms).
 
     Traced example, MaxPool on (1, 64, 111, 111) with 2 threads: channels [0, 32) pooled on the
-    caller, [32, 64) on the pool thread, each block landing in its half of the (1, 64, 55, 55)
-    output."""
+    caller, [32, 64) on the pool thread, the two (1, 32, 55, 55) halves joined into (1, 64, 55, 55).
+    """
     C = x.shape[1] if x.ndim >= 2 else 0
     if threads() <= 1 or C < 2 or x.size < MIN_CHANNEL_SPLIT_ELEMS:
         return fn(x)
@@ -255,13 +254,7 @@ def channels(x: np.ndarray, fn, out: np.ndarray | None = None):
     res: list = [None] * len(parts)
 
     def task(i, lo, hi):
-        r = fn(x[:, lo:hi])
-        if out is not None:
-            dst = out[:, lo:hi]
-            if r is not dst and not (isinstance(r, np.ndarray) and np.shares_memory(r, dst)):
-                np.copyto(dst, r, casting="unsafe")
-        else:
-            res[i] = r
+        res[i] = fn(x[:, lo:hi])
 
     run([(lambda i=i, lo=lo, hi=hi: task(i, lo, hi)) for i, (lo, hi) in enumerate(parts)])
-    return out if out is not None else np.concatenate(res, axis=1)
+    return np.concatenate(res, axis=1)
