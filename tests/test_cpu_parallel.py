@@ -98,6 +98,7 @@ from hetero.devices.cpu.kernels import elementwise as EW  # noqa: E402
 from hetero.devices.cpu.kernels import nn as NN  # noqa: E402
 from hetero.devices.cpu.kernels import pool as PL  # noqa: E402
 from hetero.devices.cpu.kernels import shape as SH  # noqa: E402
+from op_cases import _lrn_ref  # noqa: E402
 
 
 def _ref(op, inputs, **attrs):
@@ -193,3 +194,15 @@ def test_batchnorm_relu_concat_split_match_reference(split_everything):
         assert SH.concat(*ps, axis=axis, _out=out) is out
         np.testing.assert_array_equal(out, want)
     assert split_everything.count(2) >= 4  # BN, Relu and both concats each cut in two
+
+
+@pytest.mark.parametrize("shape,size,beta", [((1, 7, 9, 5), 5, 0.75), ((2, 6, 4, 3), 3, 0.5),
+                                             ((1, 5, 8, 2, 3), 4, 1.0), ((1, 4, 6), 2, 0.6)])
+def test_lrn_in_row_blocks_over_threads_matches_reference(split_everything, monkeypatch, shape, size, beta):
+    monkeypatch.setattr(NN, "_LRN_BLOCK_BYTES", 1)  # one row per block: many blocks, both threads
+    x = _rand(*shape)
+    got = NN.lrn(x, size=size, alpha=0.02, beta=beta, bias=1.5)
+    assert split_everything == [2]
+    # the spec's formula (onnx.reference's LRN is only right when N == C, see op_cases._lrn_ref)
+    np.testing.assert_allclose(got, _lrn_ref(x, size, 0.02, beta, 1.5)[0], rtol=1e-5, atol=1e-6)
+
