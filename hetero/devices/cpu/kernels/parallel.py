@@ -87,7 +87,11 @@ _local = threading.local()
 
 def threads() -> int:
     """Threads a kernel may use on the calling thread: THREADS, or fewer inside ``limit(n)``
-    (the CPU plugin sets it from INFERENCE_NUM_THREADS for each inference)."""
+    (the CPU plugin sets it from INFERENCE_NUM_THREADS for each inference), and 1 while the pool
+    is busy (another stream holds it, or this is one of its tasks): ``run`` would then run the
+    tasks one after another anyway, so kernels should not cut their work for threads."""
+    if _pool is not None and _pool.busy.locked():
+        return 1
     return min(THREADS, getattr(_local, "limit", THREADS))
 
 
