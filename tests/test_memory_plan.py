@@ -82,18 +82,37 @@ def needed_lifetimes(graph, planned):
     return out
 
 
+def ancestors(p, v):
+    """The Concat outputs whose buffers contain planned value v (memory.py step 5), innermost first."""
+    out = []
+    while v in p.parents:
+        v = p.parents[v]
+        out.append(v)
+    return out
+
+
 def assert_no_overlap(graph, p):
-    """Values alive at a common step occupy disjoint byte ranges, each inside the arena."""
+    """Values alive at a common step occupy disjoint byte ranges, each inside the arena; a Concat
+    input written in place lies inside its Concat's buffer, which lives as long as it does."""
     life = needed_lifetimes(graph, p.offsets)
     for v, (a, b) in life.items():
         assert b < memory.INF, f"{v} aliases a graph output but was planned"
         assert p.lifetimes[v][0] <= a and p.lifetimes[v][1] >= b, (v, p.lifetimes[v], (a, b))
         assert graph.info(v).nbytes <= p.sizes[v]
-        assert p.offsets[v] % memory.ALIGN == 0 and p.offsets[v] + p.sizes[v] <= p.arena_bytes
+        assert p.offsets[v] + p.sizes[v] <= p.arena_bytes
+        if v in p.parents:
+            par = p.parents[v]
+            assert p.offsets[par] <= p.offsets[v] and p.offsets[v] + p.sizes[v] <= p.offsets[par] + p.sizes[par]
+            top = ancestors(p, v)[-1]
+            assert p.lifetimes[top][0] <= a and p.lifetimes[top][1] >= b, (v, top, p.lifetimes[top], (a, b))
+        else:
+            assert p.offsets[v] % memory.ALIGN == 0
     vals = sorted(life)
     for i, v in enumerate(vals):
         for w in vals[i + 1:]:
             (a0, a1), (b0, b1) = life[v], life[w]
+            if w in ancestors(p, v) or v in ancestors(p, w):
+                continue  # a slice and the Concat buffer holding it
             if a0 <= b1 and b0 <= a1:  # both alive at some step
                 lo_v, lo_w = p.offsets[v], p.offsets[w]
                 assert lo_v + p.sizes[v] <= lo_w or lo_w + p.sizes[w] <= lo_v, \
@@ -174,6 +193,51 @@ def test_view_extends_the_lifetime_of_its_base():
     x = np.random.default_rng(1).standard_normal((4, 16)).astype(F)
     got = exe.run({"x": x}, exe.new_context())["y"]
     np.testing.assert_array_equal(got, np.maximum(1 / (1 + np.exp(-x)), 0) + np.maximum(x, 0))
+
+
+# A dense block (DenseNet): every Concat input is written straight into its slice of the last
+# Concat's buffer; the Concats copy nothing. float32 [1, C, 8], bytes in brackets:
+#
+#   x ─Relu─▶ a[128] ─Sigmoid─▶ n1[128]            c1 = Concat(a, n1)[256]  (step 2)
+#             └──────────────────────────┴─▶ c1 ─Sigmoid─▶ n2[256]
+#                                           c2 = Concat(c1, n2)[512] ─Relu─▶ y (graph output)
+#
+#   c2's buffer [0, 512): c1 = [0, 256) = a [0, 128) + n1 [128, 256), then n2 [256, 512)
+def dense_block_graph(batch=1):
+    return graph_of(
+        [h.make_node("Relu", ["x"], ["a"], name="n0"),
+         h.make_node("Sigmoid", ["a"], ["n1"], name="n1"),
+         h.make_node("Concat", ["a", "n1"], ["c1"], name="n2", axis=1),
+         h.make_node("Sigmoid", ["c1"], ["n2"], name="n3"),
+         h.make_node("Concat", ["c1", "n2"], ["c2"], name="n4", axis=1),
+         h.make_node("Relu", ["c2"], ["y"], name="n5")],
+        [vi("x", [batch, 4, 8])], [vi("y", [batch, 16, 8])])
+
+
+def test_dense_block_concats_in_place():
+    g = dense_block_graph()
+    p = memory.plan(g, everything(g), min_bytes=0)
+    assert p.parents == {"a": "c1", "n1": "c1", "c1": "c2", "n2": "c2"}
+    assert p.offsets == {"c2": 0, "c1": 0, "a": 0, "n1": 128, "n2": 256}
+    assert p.lifetimes["c2"] == (0, 5) and p.arena_bytes == 512 and p.planned_bytes == 512
+    assert_no_overlap(g, p)
+    with plan_everything():
+        exe = CPUExecutable(g)
+    x = np.random.default_rng(2).standard_normal((1, 4, 8)).astype(F)
+    a = np.maximum(x, 0)
+    c1 = np.concatenate([a, 1 / (1 + np.exp(-a))], axis=1)
+    want = np.maximum(np.concatenate([c1, 1 / (1 + np.exp(-c1))], axis=1), 0)
+    ctx = exe.new_context()
+    for _ in range(2):  # the second run reuses the arena
+        np.testing.assert_allclose(exe.run({"x": x}, ctx)["y"], want, rtol=1e-6)
+
+
+def test_concat_slices_not_contiguous_are_not_in_place():
+    # batch 2: each input's slice of c1/c2 is two runs (one per image): planned apart, copied
+    g = dense_block_graph(batch=2)
+    p = memory.plan(g, everything(g), min_bytes=0)
+    assert p.parents == {}
+    assert_no_overlap(g, p)
 
 
 def test_values_seen_by_the_user_or_a_subgraph_stay_out():

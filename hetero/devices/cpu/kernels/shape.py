@@ -195,15 +195,38 @@ def _concat_fits(arrs, ax, out) -> bool:
                     for a in arrs))
 
 
-def _concat_parallel(arrs, ax, out) -> None:
-    """Concat into ``out`` with the output cut along ``ax`` into one range per thread; each thread
-    copies the pieces of the inputs that fall in its range (DenseNet's concat of a big running
-    feature map and a thin new one is split evenly, not input by input)."""
-    offs = np.cumsum([0] + [a.shape[ax] for a in arrs]).tolist()
+def _in_place(a, dst) -> bool:
+    """``a`` already is ``dst`` (same memory, shape and strides): the memory plan had its producer
+    write straight into its slice of the Concat's output (memory.py, step 5)."""
+    if a.shape != dst.shape or not np.may_share_memory(a, dst):  # (cheap: bounds only)
+        return False
+    return (a.__array_interface__["data"][0] == dst.__array_interface__["data"][0]
+            and all(sa == sd for sa, sd, n in zip(a.strides, dst.strides, a.shape) if n > 1))  # (a length-1
+    # axis's stride is arbitrary: the Concat buffer's batch stride is longer than the slice's)
+
+
+def _concat_into(arrs, ax, out) -> None:
+    """Concat into ``out``, skipping inputs already in place. Large outputs are cut along ``ax``
+    into one range per thread, each thread copying the pieces of the inputs in its range
+    (DenseNet's concat of a big running feature map and a thin new one is split evenly, not input
+    by input)."""
     lead = (slice(None),) * ax
+    todo = []
+    o0 = 0
+    for a in arrs:
+        o1 = o0 + a.shape[ax]
+        dst = out[lead + (slice(o0, o1),)]
+        if not _in_place(a, dst):
+            todo.append((a, o0, o1, dst))
+        o0 = o1
+    moved = sum(t[0].size for t in todo)
+    if moved < parallel.MIN_SPLIT_ELEMS or parallel.threads() <= 1:
+        for a, _, _, dst in todo:
+            np.copyto(dst, a)
+        return
 
     def copy_range(lo, hi):
-        for a, o0, o1 in zip(arrs, offs[:-1], offs[1:]):
+        for a, o0, o1, _ in todo:
             a0, a1 = max(lo, o0), min(hi, o1)
             if a0 < a1:
                 np.copyto(out[lead + (slice(a0, a1),)], a[lead + (slice(a0 - o0, a1 - o0),)])
@@ -222,15 +245,9 @@ def concat(*inputs, axis=1, _out=None):
     ax = _norm_axis(axis, rank)
     if len(arrs) == 1:
         return arrs[0]
-    if (_out is not None and all(a.dtype == _out.dtype for a in arrs) and _out.size >= parallel.MIN_SPLIT_ELEMS
-            and parallel.threads() > 1 and _concat_fits(arrs, ax, _out)):
-        _concat_parallel(arrs, ax, _out)
+    if _out is not None and all(a.dtype == _out.dtype for a in arrs) and _concat_fits(arrs, ax, _out):
+        _concat_into(arrs, ax, _out)
         return _out
-    if _out is not None and all(a.dtype == _out.dtype for a in arrs):
-        try:  # numpy checks that _out has exactly the result's shape
-            return np.concatenate(arrs, axis=ax, out=_out)
-        except ValueError:
-            pass
     return np.concatenate(arrs, axis=ax)
 
 
