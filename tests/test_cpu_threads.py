@@ -1,4 +1,5 @@
 """INFERENCE_NUM_THREADS caps the threads the CPU kernels split work over, per inference."""
+import os
 import threading
 
 import numpy as np
@@ -42,3 +43,15 @@ def test_inference_num_threads_reaches_the_kernels(monkeypatch, n, expected):
     y = cm({"a": a})[0]
     np.testing.assert_allclose(y, a @ W, rtol=1e-4, atol=1e-3)
     assert widths and set(widths) == {expected}
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"PERFORMANCE_HINT": "LATENCY"}, 0),                                     # one stream: every core
+    ({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2}, max(1, (os.cpu_count() or 1) // 2)),
+    ({"NUM_STREAMS": 4}, max(1, (os.cpu_count() or 1) // 4)),
+    ({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 2}, 2),  # explicit wins
+])
+def test_streams_share_the_cores(config, expected):
+    # each of N streams gets cores // N threads per inference (OpenVINO's CPU plugin does the same)
+    cm = hetero.compile_model(MODEL, "CPU", config)
+    assert cm._runner.num_threads == expected

@@ -86,6 +86,12 @@ class CPUDevice(Device):
         exe.compile_time = time.perf_counter() - t0
         exe.config = cfg
         exe.num_threads = int(cfg.get("INFERENCE_NUM_THREADS", 0) or 0)
+        streams = self.optimal_streams(cfg)
+        if not exe.num_threads and streams > 1:
+            # as OpenVINO's CPU plugin: the streams share the cores, each inference uses its share
+            # (without this a stream that got the kernel pool ran 2 threads next to the other
+            # stream's: 3 busy threads on 2 cores, and they wait on each other's GIL)
+            exe.num_threads = max(1, (os.cpu_count() or 1) // streams)
         if exe.memory_plan is not None:
             debug(f"{self.name} {graph.name!r}: memory plan: {exe.memory_plan.describe()}")
         return exe
