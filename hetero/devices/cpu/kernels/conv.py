@@ -185,19 +185,14 @@ def _threads_for(work):
 
 
 def _spread(units, fn, work):
-    """Run ``fn(unit)`` for every unit, the units cut into contiguous runs, one run per thread
-    (a single run on the caller when ``work``, in multiply-adds, does not pay for the hand-off)."""
-    T = parallel.threads()
-    if T <= 1 or len(units) < 2 or work < MIN_PARALLEL_MACS:
+    """Run ``fn(unit)`` for every unit: each unit is one task of ``parallel.run``, claimed by
+    whichever thread is free next (so a late or slow thread only takes fewer units), or all on the
+    caller when ``work``, in multiply-adds, does not pay for the hand-off."""
+    if parallel.threads() <= 1 or len(units) < 2 or work < MIN_PARALLEL_MACS:
         for u in units:
             fn(u)
         return
-
-    def run_range(lo, hi):
-        for u in units[lo:hi]:
-            fn(u)
-
-    parallel.run([(lambda lo=lo, hi=hi: run_range(lo, hi)) for lo, hi in parallel.split(len(units), T)])
+    parallel.run([(lambda u=u: fn(u)) for u in units])
 
 
 def _cuts(n, parts):

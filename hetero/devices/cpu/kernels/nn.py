@@ -313,7 +313,7 @@ def lrn(x, *, size, alpha=0.0001, beta=0.75, bias=1.0, _out=None):
         for n, r0, r1 in units[lo:hi]:
             _lrn_block(x4[n, :, r0:r1], y4[n, :, r0:r1], size, alpha, beta, bias, cdt)
     if T > 1 and len(units) > 1:
-        parallel.run([(lambda lo=lo, hi=hi: run_units(lo, hi)) for lo, hi in parallel.split(len(units), T)])
+        parallel.run([(lambda i=i: run_units(i, i + 1)) for i in range(len(units))])
     else:
         run_units(0, len(units))
     return y
