@@ -197,6 +197,26 @@ class OpenCLExecutable(Executable):
                 events.append(ev)
         return events
 
+    def _feed(self, feeds: Mapping[str, Any], spec) -> Any:
+        """The fed value of input ``spec``, or InferError naming it."""
+        if spec.name not in feeds:
+            raise InferError(f"{self.device_name}: missing input {spec.name!r}")
+        return feeds[spec.name]
+
+    def _upload(self, q, context, spec, x, keep: list) -> None:
+        """Check host array ``x`` against input ``spec`` and queue its copy into the input's buffer,
+        converted to the device dtype; ``keep`` holds the host copy until the queue has read it."""
+        import pyopencl as cl
+
+        arr = np.asarray(x)
+        if tuple(arr.shape) != tuple(spec.shape):
+            raise InferError(f"{self.device_name}: input {spec.name!r} has shape {list(arr.shape)}, "
+                             f"compiled for {list(spec.shape)}")
+        arr = np.ascontiguousarray(arr, dtype=spec.dev_dtype)
+        keep.append(arr)
+        if arr.nbytes:
+            cl.enqueue_copy(q, context.bufs[spec.buf], arr, is_blocking=False)
+
     def run(self, feeds: Mapping[str, Any], context: Any = None,
             profile: list[ProfileRecord] | None = None) -> dict[str, Any]:
         import pyopencl as cl
@@ -208,16 +228,7 @@ class OpenCLExecutable(Executable):
             keep = []
             try:
                 for spec in plan.inputs:
-                    if spec.name not in feeds:
-                        raise InferError(f"{self.device_name}: missing input {spec.name!r}")
-                    arr = np.asarray(feeds[spec.name])
-                    if tuple(arr.shape) != tuple(spec.shape):
-                        raise InferError(f"{self.device_name}: input {spec.name!r} has shape {list(arr.shape)}, "
-                                         f"compiled for {list(spec.shape)}")
-                    arr = np.ascontiguousarray(arr, dtype=spec.dev_dtype)
-                    keep.append(arr)
-                    if arr.nbytes:
-                        cl.enqueue_copy(q, context.bufs[spec.buf], arr, is_blocking=False)
+                    self._upload(q, context, spec, self._feed(feeds, spec), keep)
                 events = self._enqueue_kernels(q, context, profile is not None)
                 outs: dict[str, Any] = {}
                 reads = []
@@ -278,9 +289,7 @@ class OpenCLExecutable(Executable):
             keep = []
             try:
                 for spec in plan.inputs:
-                    if spec.name not in feeds:
-                        raise InferError(f"{self.device_name}: missing input {spec.name!r}")
-                    x = feeds[spec.name]
+                    x = self._feed(feeds, spec)
                     want = np.dtype(spec.dev_dtype)
                     if isinstance(x, DeviceTensor):
                         if tuple(x.shape) != tuple(spec.shape):
@@ -297,14 +306,7 @@ class OpenCLExecutable(Executable):
                         # another precision (e.g. an f32 value of a subgraph that kept it wide): the
                         # conversion goes through the host, as run() does it
                         x = dev.download(x)
-                    arr = np.asarray(x)
-                    if tuple(arr.shape) != tuple(spec.shape):
-                        raise InferError(f"{self.device_name}: input {spec.name!r} has shape {list(arr.shape)}, "
-                                         f"compiled for {list(spec.shape)}")
-                    arr = np.ascontiguousarray(arr, dtype=want)
-                    keep.append(arr)
-                    if arr.nbytes:
-                        cl.enqueue_copy(q, context.bufs[spec.buf], arr, is_blocking=False)
+                    self._upload(q, context, spec, x, keep)
                 events = self._enqueue_kernels(q, context, profile is not None)
                 outs: dict[str, Any] = {}
                 for spec in plan.outputs:

@@ -50,6 +50,17 @@ def _fits2(out, a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == dt and b.dtype == dt and (out.shape == a.shape or out.shape == b.shape)
 
 
+def _into(ufunc, a: np.ndarray, b: np.ndarray, out):
+    """``ufunc(a, b)`` written into ``out`` when ``_fits2`` allows it; None when it does not or
+    numpy refuses the shapes (the caller then allocates)."""
+    if not _fits2(out, a, b):
+        return None
+    try:
+        return ufunc(a, b, out=out)
+    except ValueError:
+        return None
+
+
 def _fwork(x: np.ndarray) -> np.ndarray:
     """``x`` in a dtype numpy ufuncs handle natively (bfloat16/float8 -> float32)."""
     if x.dtype.kind == "V":
@@ -296,11 +307,9 @@ def _binary(op, fn, since_modern=7, legacy=True):
 
 def _same_dtype_op(ufunc):
     def f(a, b, *, _out=None):
-        if _out is not None and _fits2(_out, a, b):
-            try:
-                return ufunc(a, b, out=_out)
-            except ValueError:
-                pass
+        r = _into(ufunc, a, b, _out)
+        if r is not None:
+            return r
         dt = a.dtype
         if dt.kind == "V":  # bfloat16 & co: compute in float32
             return _arr(ufunc(a.astype(np.float32), b.astype(np.float32)), dt)
@@ -458,11 +467,9 @@ _binary("GreaterOrEqual", _cmp(np.greater_equal), since_modern=12, legacy=False)
 
 def _logic(ufunc):
     def f(a, b, *, _out=None):
-        if _out is not None and _fits2(_out, a, b):
-            try:
-                return ufunc(a, b, out=_out)
-            except ValueError:
-                pass
+        r = _into(ufunc, a, b, _out)
+        if r is not None:
+            return r
         return _arr(ufunc(a, b))
     f._ours = True
     return f
@@ -643,11 +650,11 @@ def _sigmoid_f(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 @kernel("Relu", since=1)
 def relu(x, *, consumed_inputs=None, _out=None):
     if _fits(_out, x):
-        if x.ndim >= 2 and x.size >= parallel.MIN_SPLIT_ELEMS:  # channel blocks on all threads
-            zero = x.dtype.type(0)
+        zero = x.dtype.type(0)
+        if x.ndim >= 2:  # channel blocks on all threads (one block below MIN_SPLIT_ELEMS)
             parallel.batched(x.shape[1], lambda lo, hi: np.maximum(x[:, lo:hi], zero, out=_out[:, lo:hi]), x.size)
             return _out
-        return np.maximum(x, x.dtype.type(0), out=_out)
+        return np.maximum(x, zero, out=_out)
     if x.dtype.kind == "V":
         return _arr(np.maximum(x.astype(np.float32), 0), x.dtype)
     return _arr(np.maximum(x, x.dtype.type(0)))
