@@ -156,7 +156,7 @@ class _Epilogue:
         self.bias = None if b is None else np.asarray(b, dtype=y.dtype).reshape(M, 1)
         self.res2 = None if residual is None else residual.reshape(N, M, -1)
         self.act = activation or ""
-        self.params = activation_params_list(params)
+        self.params = params
 
     def __call__(self, n, m0, m1, p0, p1):
         o = self.y2[n, m0:m1, p0:p1]
@@ -166,10 +166,6 @@ class _Epilogue:
             np.add(o, self.res2[n, m0:m1, p0:p1], out=o, casting="unsafe")
         if self.act:
             apply_activation(o, self.act, self.params)
-
-
-def activation_params_list(params):
-    return list(params) if params is not None else []
 
 
 #: below this many multiply-adds a conv runs on the calling thread only: a hand-off costs ~30 us,
@@ -188,22 +184,11 @@ def _spread(units, fn, work):
     """Run ``fn(unit)`` for every unit: each unit is one task of ``parallel.run``, claimed by
     whichever thread is free next (so a late or slow thread only takes fewer units), or all on the
     caller when ``work``, in multiply-adds, does not pay for the hand-off."""
-    if parallel.threads() <= 1 or len(units) < 2 or work < MIN_PARALLEL_MACS:
+    if work < MIN_PARALLEL_MACS:
         for u in units:
             fn(u)
         return
-    parallel.run([(lambda u=u: fn(u)) for u in units])
-
-
-def _cuts(n, parts):
-    """[lo, hi) ranges cutting range(n) into ``parts`` near-equal pieces (fewer if n is smaller)."""
-    parts = max(1, min(n, parts))
-    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
-
-
-#: output bytes of one GEMM block beyond one block per thread (measured: splitting further than
-#: one block per thread costs more in smaller GEMMs than the cache-warm epilogue saves)
-_BLOCK_OUT_BYTES = 64 << 20
+    parallel.each(units, fn)
 
 
 def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype, *, y=None, residual=None,
@@ -264,13 +249,14 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P, epi):
     T = _threads_for(work)
     if g == 1:
         wm, xv, yv = w.reshape(M, C), xs.reshape(N, C, P), y.reshape(N, M, P)
-        nblk = max(T, -(-M * P * y.itemsize // _BLOCK_OUT_BYTES))
+        # one block per thread per image (measured: cutting finer, so each block's epilogue finds
+        # it in cache, costs more in smaller GEMMs than it saves)
         if P >= M:  # blocks of columns (multiples of 16 for aligned GEMM panels)
-            step = -(-P // nblk)
+            step = -(-P // T)
             step = -(-step // 16) * 16
             units = [(n, 0, M, p0, min(P, p0 + step)) for n in range(N) for p0 in range(0, P, step)]
         else:  # blocks of output channels
-            units = [(n, m0, m1, 0, P) for n in range(N) for m0, m1 in _cuts(M, nblk)]
+            units = [(n, m0, m1, 0, P) for n in range(N) for m0, m1 in parallel.split(M, T)]
 
         def unit(u):
             n, m0, m1, p0, p1 = u
@@ -281,7 +267,7 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P, epi):
         w3 = w.reshape(g, Mg, Cg)
         x4 = xs.reshape(N, g, Cg, P)
         y4 = y.reshape(N, g, Mg, P)
-        units = [(n, g0, g1) for n in range(N) for g0, g1 in _cuts(g, T)]
+        units = [(n, g0, g1) for n in range(N) for g0, g1 in parallel.split(g, T)]
 
         def unit(u):
             n, g0, g1 = u
@@ -318,7 +304,7 @@ def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi):
     wk = w.reshape(C, mult, K)
     work = M * K * P * N * 8  # memory-bound: count it as more than its multiply-adds
     T = _threads_for(work)
-    units = [(n, c0, c1) for n in range(N) for c0, c1 in _cuts(C, T)]
+    units = [(n, c0, c1) for n in range(N) for c0, c1 in parallel.split(C, T)]
     if all(s == 1 for s in strides) and nsp >= 2:
         padded = [x.shape[2 + i] + pb[i] + pe[i] for i in range(nsp)]
         pitch = [math.prod(padded[i + 1:]) for i in range(nsp)]
@@ -408,7 +394,7 @@ def _conv_shifted(x, w, y, dilations, pb, pe, out_sp, k, epi):
     dt = y.dtype
     it = dt.itemsize
     T = _threads_for(M * C * kh * kw * OH * OW * N)
-    units = [(n, m0, m1) for n in range(N) for m0, m1 in _cuts(M, T)]
+    units = [(n, m0, m1) for n in range(N) for m0, m1 in parallel.split(M, T)]
 
     def unit(u):
         n, m0, m1 = u
@@ -425,27 +411,11 @@ def _conv_shifted(x, w, y, dilations, pb, pe, out_sp, k, epi):
     _spread(units, unit, M * C * kh * kw * OH * OW * N)
 
 
-_tapw_cache: dict = {}
-
-
 def _tap_major_weights(w):
     """w (M, C, kh, kw) -> (M*kh*kw, C) contiguous (row m*K + t: tap t of output m), cached per
-    weight array like Winograd's."""
-    key = id(w)
-    hit = _tapw_cache.get(key)
-    if hit is not None and hit[0]() is w and hit[1] == w.shape:
-        return hit[2]
-    wt = np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1], -1).transpose(0, 2, 1)).reshape(-1, w.shape[1])
-    try:
-        import weakref
-        ref = weakref.ref(w)
-    except TypeError:
-        return wt
-    if len(_tapw_cache) > 512:
-        for kk in [kk for kk, v in list(_tapw_cache.items()) if v[0]() is None]:
-            _tapw_cache.pop(kk, None)
-    _tapw_cache[key] = (ref, w.shape, wt)
-    return wt
+    weight array (``_per_weight``)."""
+    return _per_weight("tap_major", w, lambda: np.ascontiguousarray(
+        w.reshape(w.shape[0], w.shape[1], -1).transpose(0, 2, 1)).reshape(-1, w.shape[1]))
 
 
 def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi):
@@ -490,7 +460,7 @@ def _conv_im2col(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi):
                 m0, m1 = u
                 np.matmul(wm[0, m0:m1], cm, out=y3[n, m0:m1])
                 epi(n, m0, m1, 0, P)
-            _spread(_cuts(M, T), unit, work // N)
+            _spread(parallel.split(M, T), unit, work // N)
         return
     rows = max(1, _COLS_CHUNK_BYTES // max(1, row_bytes), -(-_MIN_CHUNK_COLS // max(1, rest)))
     rows = min(O0, rows, max(1, -(-O0 // T)) if work >= MIN_PARALLEL_MACS else O0)
@@ -528,8 +498,6 @@ _WINO_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0
                      [0, 1, -1, 8, -8, 1]], np.float64)
 _WINO_MIN_CHANNELS = 32
 _WINO_MIN_SIZE = 14
-_wino_cache: dict = {}
-_wino_lock = threading.Lock()
 
 
 def _use_winograd(x, w, g, strides, dilations, out_sp, k):
@@ -540,26 +508,39 @@ def _use_winograd(x, w, g, strides, dilations, out_sp, k):
 
 
 def _winograd_weights(w):
-    """U[(r, s), M, C] = (G w G^T)[r, s], cached per weight array (keyed by identity + weakref)."""
-    key = id(w)
-    hit = _wino_cache.get(key)
+    """U[(r, s), M, C] = (G w G^T)[r, s], cached per weight array (``_per_weight``)."""
+    def make():
+        U = np.einsum("ri,mcij,sj->rsmc", _WINO_G, w.astype(np.float64), _WINO_G, optimize=True)
+        return np.ascontiguousarray(U.reshape(36, w.shape[0], w.shape[1]), dtype=np.float32)
+    return _per_weight("winograd", w, make)
+
+
+_weight_cache: dict = {}
+_weight_lock = threading.Lock()
+
+
+def _per_weight(kind: str, w, make):
+    """``make()``, a transform of weight array ``w``, cached per (kind, array): weights are the
+    same constant arrays on every inference. Keyed by identity and checked through a weakref (an
+    id can be reused once the array is gone); arrays that take no weakref are not cached."""
+    key = (kind, id(w))
+    hit = _weight_cache.get(key)
     if hit is not None:
-        ref, shape, U = hit
+        ref, shape, val = hit
         if ref() is w and shape == w.shape:
-            return U
-    U = np.einsum("ri,mcij,sj->rsmc", _WINO_G, w.astype(np.float64), _WINO_G, optimize=True)
-    U = np.ascontiguousarray(U.reshape(36, w.shape[0], w.shape[1]), dtype=np.float32)
+            return val
+    val = make()
     try:
         import weakref
         ref = weakref.ref(w)
     except TypeError:
-        return U
-    with _wino_lock:
-        if len(_wino_cache) > 512:  # drop dead entries
-            for kk in [kk for kk, v in _wino_cache.items() if v[0]() is None]:
-                del _wino_cache[kk]
-        _wino_cache[key] = (ref, w.shape, U)
-    return U
+        return val
+    with _weight_lock:
+        if len(_weight_cache) > 1024:  # drop dead entries
+            for kk in [kk for kk, v in _weight_cache.items() if v[0]() is None]:
+                del _weight_cache[kk]
+        _weight_cache[key] = (ref, w.shape, val)
+    return val
 
 
 _BT32 = _WINO_BT.astype(np.float32)

@@ -309,13 +309,14 @@ def lrn(x, *, size, alpha=0.0001, beta=0.75, bias=1.0, _out=None):
     units = [(n, r0, min(R, r0 + rows)) for n in range(N) for r0 in range(0, R, rows)]
     alpha, beta, bias = float(alpha), float(beta), float(bias)
 
-    def run_units(lo, hi):
-        for n, r0, r1 in units[lo:hi]:
-            _lrn_block(x4[n, :, r0:r1], y4[n, :, r0:r1], size, alpha, beta, bias, cdt)
-    if T > 1 and len(units) > 1:
-        parallel.run([(lambda i=i: run_units(i, i + 1)) for i in range(len(units))])
+    def unit(u):
+        n, r0, r1 = u
+        _lrn_block(x4[n, :, r0:r1], y4[n, :, r0:r1], size, alpha, beta, bias, cdt)
+    if T > 1:
+        parallel.each(units, unit)
     else:
-        run_units(0, len(units))
+        for u in units:
+            unit(u)
     return y
 
 

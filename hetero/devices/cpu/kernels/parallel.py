@@ -253,6 +253,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def each(units, fn) -> None:
+    """``fn(unit)`` for every unit, each unit one task of ``run``: claimed by whichever thread is
+    free next, so a late or slowed thread just takes fewer of them."""
+    run([(lambda u=u: fn(u)) for u in units])
+
+
 def batched(n: int, fn, work: int) -> None:
     """Call ``fn(lo, hi)`` over range(n) split across the pool when ``work`` (a rough count of
     elements touched) is at least MIN_SPLIT_ELEMS, else once as ``fn(0, n)``."""

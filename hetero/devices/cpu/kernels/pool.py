@@ -312,18 +312,15 @@ def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         return np.empty((N, C) + tuple(out), dt)
     x = X.astype(cdt, copy=False)
     div = _divisor(X.shape[2:], k, st, dl, pb, pe, out, count_include_pad, cdt)
-    if _covers_all(X.shape[2:], k, dl, st, pb, out):
-        y = x.reshape(N, C, -1).sum(axis=2, dtype=cdt).reshape((N, C) + (1,) * (X.ndim - 2))
-    else:
-        def block(xs):
+    def block(xs):  # window sums over a block of channels, then the per-window divisor
+        if _covers_all(X.shape[2:], k, dl, st, pb, out):
+            ys = xs.reshape(N, xs.shape[1], -1).sum(axis=2, dtype=cdt).reshape(xs.shape[:2] + (1,) * (X.ndim - 2))
+        else:
             ys = _reduce(xs, k, dl, st, pb, pe_need, out, np.add, cdt, 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ys /= div
-            return ys
-        y = parallel.channels(x, block)  # channels are independent: blocks on all threads
-        return y if y.dtype == dt else y.astype(dt)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y /= div
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ys /= div
+        return ys
+    y = parallel.channels(x, block)  # channels are independent: blocks on all threads
     return y if y.dtype == dt else y.astype(dt)
 
 
