@@ -146,17 +146,22 @@ def async_throughput(core, models, gpu, iters):
         het = core.compile_model(g, f"HETERO:{gpu},CPU", {"AFFINITY_RULES": "Softmax=CPU; Gemm=CPU"})
         het(f)
         n = max(8, iters)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            het(f)
-        sync_rps = n / (time.perf_counter() - t0)
-        q = hetero.AsyncInferQueue(het, 4)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            q.start_async(f)
-        q.wait_all()
-        async_rps = n / (time.perf_counter() - t0)
+        sync_rps, async_rps = sync_and_async_rps(het, f, n)
         print(f"{name:<12} {sync_rps:10.2f} {async_rps:10.2f} {async_rps / sync_rps:8.2f}x")
+
+
+def sync_and_async_rps(compiled, feeds, n: int) -> tuple[float, float]:
+    """Requests/s for n sync calls, then for n requests through an AsyncInferQueue of 4."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        compiled(feeds)
+    sync_rps = n / (time.perf_counter() - t0)
+    q = hetero.AsyncInferQueue(compiled, 4)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        q.start_async(feeds)
+    q.wait_all()
+    return sync_rps, n / (time.perf_counter() - t0)
 
 
 def pipelining(core, iters):
@@ -168,16 +173,7 @@ def pipelining(core, iters):
     try:
         het = core.compile_model(g, "HETERO:MOCK.0,MOCK.1", {"AFFINITY_RULES": "Softmax=MOCK.1"})
         n = max(10, iters)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            het(f)
-        sync_rps = n / (time.perf_counter() - t0)
-        q = hetero.AsyncInferQueue(het, 4)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            q.start_async(f)
-        q.wait_all()
-        async_rps = n / (time.perf_counter() - t0)
+        sync_rps, async_rps = sync_and_async_rps(het, f, n)
         print(f"{len(het.plan.subgraphs)} subgraphs: sync {sync_rps:.1f} req/s (one request at a time: ~25/s), "
               f"async x4 {async_rps:.1f} req/s (two requests in flight, one per subgraph: ~50/s), "
               f"{async_rps / sync_rps:.2f}x")

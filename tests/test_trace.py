@@ -7,31 +7,16 @@ import threading
 from collections import Counter, defaultdict
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto as T, helper as h
 
 import hetero
 from hetero import trace
 from hetero.errors import PropertyError
 
-
-def chain_model():
-    """x[2,8] -> mm (MatMul W) -> add (+B) -> relu -> sm (Softmax) -> topk (k=2) -> values, indices"""
-    rng = np.random.default_rng(0)
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"),
-             onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "B"),
-             onnx.numpy_helper.from_array(np.array([2], np.int64), "k")]
-    nodes = [h.make_node("MatMul", ["x", "W"], ["a"], name="mm"), h.make_node("Add", ["a", "B"], ["b"], name="add"),
-             h.make_node("Relu", ["b"], ["r"], name="relu"), h.make_node("Softmax", ["r"], ["p"], name="sm", axis=1),
-             h.make_node("TopK", ["p", "k"], ["values", "indices"], name="topk")]
-    g = h.make_graph(nodes, "chain", [h.make_tensor_value_info("x", T.FLOAT, [2, 8])],
-                     [h.make_tensor_value_info("values", T.FLOAT, [2, 2]),
-                      h.make_tensor_value_info("indices", T.INT64, [2, 2])], inits)
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+from fixture_models import chain_model
 
 
-MODEL = chain_model()
+MODEL = chain_model(batch=2)
 X = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
 
 
