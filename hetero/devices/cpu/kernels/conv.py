@@ -5,8 +5,9 @@ How a float Conv runs (NCHW, float32 throughout):
 
 * 1x1 kernels without padding: a plain GEMM ``W (M, C) @ X (C, H*W)`` on the (strided-sliced) input;
   grouped ones as one batched matmul over groups.
-* depthwise (``group == C``, one input channel per group): a loop over the kh*kw taps, each a
-  vectorised multiply-add over whole output planes.
+* depthwise (``group == C``, one input channel per group): 2-D ones through the compiled tap loop
+  of ``jit.py`` (numba), epilogue fused; otherwise (or with HETERO_JIT=0) the taps gathered into
+  columns and reduced by one batched matmul.
 * everything else: im2col + GEMM.  The padded input lives in a per-thread workspace; an
   ``as_strided`` view exposes every (channel, tap, output position) triple without copying, and it
   is copied chunk by chunk (a band of output rows at a time, sized to stay in cache) into a
@@ -22,7 +23,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..registry import kernel
-from . import parallel
+from . import jit, parallel
 from .nn import apply_activation
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +227,8 @@ def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype, *, y=No
     elif K == 1 and not any(pb) and not any(pe):
         _conv_1x1(x, w, y, g, strides, out_sp, P, epi)
     elif Cg == 1 and g > 1:
-        _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi)
+        if not (nsp == 2 and _conv_depthwise_jit(x, w, y, strides, dilations, pb, k, epi)):
+            _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi)
     elif _use_shifted(x, w, g, strides, out_sp, k):
         _conv_shifted(x, w, y, dilations, pb, pe, out_sp, k, epi)
     elif _use_winograd(x, w, g, strides, dilations, out_sp, k):
@@ -283,6 +285,30 @@ def _tap_slices(k, dilations, strides, out_sp):
         res.append(tuple(slice(i * d, i * d + (o - 1) * s + 1, s)
                          for i, d, s, o in zip(idx, dilations, strides, out_sp)))
     return res
+
+
+def _conv_depthwise_jit(x, w, y, strides, dilations, pb, k, epi):
+    """2-D depthwise conv through the compiled tap loop (``jit.window2d``), bias, residual and
+    Relu / Clip / LeakyRelu fused into its store (another activation runs after, in place).
+    False when the compiled kernels are unavailable (the numpy path runs instead)."""
+    N, M = y.shape[:2]
+    dt = y.dtype
+    act = jit.ACT_CODES.get(epi.act)
+    p0 = p1 = 0.0
+    if act == jit.ACT_CODES["Clip"]:
+        prm = list(epi.params or [])
+        p0 = -np.inf if len(prm) < 1 or prm[0] is None else float(prm[0])
+        p1 = np.inf if len(prm) < 2 or prm[1] is None else float(prm[1])
+    elif act == jit.ACT_CODES["LeakyRelu"]:
+        p0 = float(epi.params[0]) if epi.params else 0.01
+    res = None if epi.res2 is None else np.ascontiguousarray(epi.res2, dtype=dt).reshape(y.shape)
+    done = jit.window2d(np.ascontiguousarray(x), y, k=k, strides=strides, dilations=dilations, pb=pb,
+                        mode=jit.MODE_CONV, weights=np.ascontiguousarray(w.reshape(M, -1)),
+                        bias=None if epi.bias is None else np.ascontiguousarray(epi.bias.reshape(M)),
+                        residual=res, act=act or 0, p0=p0, p1=p1, mult=M // x.shape[1])
+    if done and act is None:
+        apply_activation(y, epi.act, epi.params)
+    return done
 
 
 def _conv_depthwise(x, w, y, g, strides, dilations, pb, pe, out_sp, k, epi):
