@@ -20,3 +20,21 @@ def _isolate_device_settings():
                 d.reset()
             elif id(d) in before:
                 d._config = before[id(d)]
+
+
+@pytest.fixture
+def pool_task_counts(monkeypatch):
+    """The CPU kernel pool on two threads, its ``run`` spied on: returns the list of task counts
+    each ``run`` call was given (so a test can assert a kernel really split its work)."""
+    from hetero.devices.cpu.kernels import parallel
+
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    calls: list[int] = []
+    real = parallel.run
+
+    def spy(tasks):
+        tasks = list(tasks)
+        calls.append(len(tasks))
+        return real(tasks)
+    monkeypatch.setattr(parallel, "run", spy)
+    return calls

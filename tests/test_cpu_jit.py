@@ -10,7 +10,6 @@ from onnx.reference import ReferenceEvaluator
 
 from hetero.devices.cpu.kernels import conv as CV
 from hetero.devices.cpu.kernels import jit as JIT
-from hetero.devices.cpu.kernels import parallel as P
 from hetero.devices.cpu.kernels import pool as PL
 
 
@@ -120,23 +119,14 @@ def test_pack_refills_padding_when_the_layout_changes(path):
     np.testing.assert_allclose(PL.max_pool(x, **attrs), _ref("MaxPool", [x], **attrs), rtol=1e-6)
 
 
-def test_window_split_over_two_threads(monkeypatch):
+def test_window_split_over_two_threads(pool_task_counts, monkeypatch):
     if JIT.kernels() is None:
         pytest.skip(f"compiled kernels unavailable: {JIT.unavailable_reason()}")
-    monkeypatch.setattr(P, "THREADS", 2)
     monkeypatch.setattr(JIT, "MIN_PARALLEL_TAPS", 0)
-    calls = []
-    real = P.run
-
-    def spy(tasks):
-        tasks = list(tasks)
-        calls.append(len(tasks))
-        return real(tasks)
-    monkeypatch.setattr(P, "run", spy)
     C = 7
     x, w = _rand((1, C, 12, 12), 9), _rand((C * 2, 1, 3, 3), 10)
     got = CV.conv(x, w, group=C, pads=[1, 1, 1, 1], kernel_shape=[3, 3])
-    assert calls == [2]
+    assert pool_task_counts == [2]
     np.testing.assert_allclose(got, _ref("Conv", [x, w], group=C, pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
                                rtol=1e-5, atol=1e-5)
 

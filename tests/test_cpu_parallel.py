@@ -136,7 +136,7 @@ def _ref(op, inputs, **attrs):
 
 
 @pytest.fixture(params=["compiled", "numpy"])
-def split_everything(request, two_threads, monkeypatch):
+def split_everything(request, pool_task_counts, monkeypatch):
     """Every kernel takes its multi-threaded path, once with the compiled window kernels
     (depthwise conv, stride-1 pools: kernels/jit.py) and once with numpy only (HETERO_JIT=0);
     yields the list of task counts P.run was given (so a test can assert the split really happened)."""
@@ -148,15 +148,7 @@ def split_everything(request, two_threads, monkeypatch):
     monkeypatch.setattr(CV, "MIN_PARALLEL_MACS", 0)
     monkeypatch.setattr(P, "MIN_SPLIT_ELEMS", 0)
     monkeypatch.setattr(P, "MIN_CHANNEL_SPLIT_ELEMS", 0)
-    calls = []
-    real = P.run
-
-    def spy(tasks):
-        tasks = list(tasks)
-        calls.append(len(tasks))
-        return real(tasks)
-    monkeypatch.setattr(P, "run", spy)
-    return calls
+    return pool_task_counts
 
 
 def _rand(*shape, seed=0):

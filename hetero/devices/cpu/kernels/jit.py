@@ -40,6 +40,8 @@ import warnings
 
 import numpy as np
 
+from . import parallel
+
 #: activation codes the compiled epilogue applies itself (others: the caller applies them after)
 ACT_CODES = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3}
 MODE_CONV, MODE_MAX, MODE_SUM = 0, 1, 2
@@ -305,8 +307,6 @@ def window2d(x, y, *, k, strides, dilations, pb, mode, weights=None, bias=None, 
     C-contiguous of one float dtype, output channels cut into blocks spread over the threads.
     ``weights`` (M, kh*kw), ``bias`` (M,), ``residual`` (N, M, OH, OW): mode MODE_CONV; ``divisor``
     (OH, OW): MODE_SUM. Returns False (nothing done) when the compiled kernels are unavailable."""
-    from . import parallel
-
     kern = kernels()
     if kern is None or min(pb) < 0:  # (negative pads: the callers crop the input first)
         return False
@@ -328,8 +328,5 @@ def window2d(x, y, *, k, strides, dilations, pb, mode, weights=None, bias=None, 
         r3 = empty(dt, 3) if residual is None else residual[n]
         fn(xq[n * C * S:], S, y[n], w2, b1, r3, dv, offs, Wq, int(mult), consts, m0, m1)
 
-    if len(units) == 1:
-        unit(units[0])
-    else:
-        parallel.each(units, unit)
+    parallel.each(units, unit)  # (one unit: run inline, no hand-off)
     return True
