@@ -1,5 +1,5 @@
-"""The compiled window kernels (hetero/devices/cpu/kernels/jit.py): depthwise conv and stride-1 pools
-equal ONNX's reference evaluator, with the compiled path and with the numpy path (HETERO_JIT=0), and
+"""The compiled window kernels (hetero/devices/cpu/kernels/jit.py): depthwise conv, stride-1 pools (tap
+loop) and strided pools (separable) equal ONNX's reference evaluator, with the compiled path and with the numpy path (HETERO_JIT=0), and
 the phase-buffer geometry matches the module doc's traced example."""
 import itertools
 
@@ -73,6 +73,47 @@ def test_fused_depthwise_epilogue(path, act, params, fn):
     np.testing.assert_allclose(got, fn(conv + res), rtol=1e-5, atol=1e-5)
 
 
+# the GEMM conv paths (conv_core's dispatch) whose blocks end in the compiled one-pass epilogue:
+# x shape, w shape, attrs
+GEMM_CONVS = {
+    "1x1": ((2, 8, 5, 6), (12, 8, 1, 1), {}),
+    "im2col": ((1, 4, 9, 9), (6, 4, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+    "winograd": ((1, 32, 14, 14), (32, 32, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "shifted": ((1, 16, 8, 8), (8, 16, 3, 3), dict(pads=[1, 0, 1, 2])),
+}
+ACTS = [("", [], lambda v: v),
+        ("Relu", [], lambda v: np.maximum(v, 0)),
+        ("Clip", [-0.5, 0.5], lambda v: np.clip(v, -0.5, 0.5)),
+        ("LeakyRelu", [0.2], lambda v: np.where(v < 0, v * 0.2, v)),
+        ("Sigmoid", [], lambda v: 1 / (1 + np.exp(-v)))]  # not compiled: numpy after the bias
+
+
+@pytest.mark.parametrize("bias,residual", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("act,params,fn", ACTS, ids=[a[0] or "none" for a in ACTS])
+@pytest.mark.parametrize("kind", GEMM_CONVS)
+def test_gemm_conv_epilogue(path, kind, act, params, fn, bias, residual):
+    xs, ws, attrs = GEMM_CONVS[kind]
+    x, w, b = _rand(xs, 20), _rand(ws, 21) * 0.3, _rand((ws[0],), 22)
+    conv = _ref("Conv", [x, w, b] if bias else [x, w], kernel_shape=list(ws[2:]), **attrs)
+    res = _rand(conv.shape, 23) if residual else None
+    got = CV.fused_conv(x, w, b if bias else None, res, activation=act, activation_params=params,
+                        kernel_shape=list(ws[2:]), **attrs)
+    # (absolute tolerance on the output's scale: Winograd F(4x4, 3x3) rounds at about 1e-6 of it)
+    np.testing.assert_allclose(got, fn(conv + res if residual else conv), rtol=1e-4,
+                               atol=1e-5 * np.abs(conv).max())
+
+
+def test_epilogue_compiled_where_it_applies(path):
+    y = np.zeros((1, 4, 3, 3), np.float32)
+    b = np.ones(4, np.float32)
+    on = path == "compiled"
+    assert (CV._Epilogue(y, b, None, "Relu", ()).compiled is not None) == on
+    assert (CV._Epilogue(y, None, y.copy(), "Clip", (0.0, 1.0)).compiled is not None) == on
+    assert CV._Epilogue(y, b, None, "Sigmoid", ()).compiled is None  # numpy applies it
+    assert CV._Epilogue(y, None, None, "", ()).compiled is None  # nothing to do
+    assert CV._Epilogue(y.astype(np.float16), b, None, "Relu", ()).compiled is None
+
+
 POOLS = [c for c in itertools.product(["MaxPool", "AveragePool"], [(7, 9), (5, 5)], [(3, 3), (2, 3), (1, 1)],
                                       [(0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 1, 0)], [(1, 1), (2, 1)], [0, 1])
          if all(pp < kk for pp, kk in zip(c[3], c[2] + c[2]))
@@ -91,6 +132,80 @@ def test_stride1_pool_matches_reference(path, op, hw, k, p, dil, cip):
     np.testing.assert_allclose(got, _ref(op, [x], **attrs), rtol=1e-5, atol=1e-6)
 
 
+# strided pools (the separable jit.pool2d): kernel, strides, pads, dilations, ceil_mode. The first
+# four rows hit the specialised (kernel width, column stride) variants, the rest the generic one.
+STRIDED = [((3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 0),
+           ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+           ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),
+           ((2, 3), (3, 1), (1, 0, 0, 2), (1, 1), 0),
+           ((3, 2), (2, 3), (0, 1, 2, 1), (1, 1), 1),
+           ((3, 3), (2, 2), (1, 2, 1, 0), (2, 2), 0),
+           ((1, 4), (1, 2), (0, 0, 0, 0), (1, 1), 0),
+           ((5, 5), (3, 3), (2, 2, 2, 2), (1, 1), 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("k,s,p,dil,ceil", STRIDED)
+def test_strided_pool_matches_reference(path, op, k, s, p, dil, ceil, dtype):
+    attrs = dict(kernel_shape=list(k), strides=list(s), pads=list(p), ceil_mode=ceil)
+    if op == "MaxPool":
+        attrs["dilations"] = list(dil)
+    elif dil != (1, 1):
+        pytest.skip("AveragePool's reference has no dilations before opset 19's")
+    for cip in ([0] if op == "MaxPool" else [0, 1]):
+        if op == "AveragePool":
+            attrs["count_include_pad"] = cip
+        x = _rand((2, 3, 11, 10), len(str(attrs)), dtype)
+        got = (PL.max_pool if op == "MaxPool" else PL.average_pool)(x, **attrs)
+        assert got.dtype == dtype
+        # onnx's reference evaluator misplaces ceil_mode windows of AveragePool (ONNX Runtime
+        # agrees with the formula): there the numpy formula is the oracle
+        want = _avg_pool_formula(x, k, s, p, cip) if op == "AveragePool" and ceil else _ref(op, [x], **attrs)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _avg_pool_formula(x, k, s, p, cip):
+    """AveragePool with ceil_mode=1 as a formula: the mean of each window over the input and, when
+    ``cip``, the explicit pads; window parts past the end pads (ceil_mode's extra windows) count
+    nothing, and a last window that would start past the input and its begin pad is dropped."""
+    H, W = x.shape[2:]
+    oh, ow = (-(-(H + p[0] + p[2] - k[0]) // s[0]) + 1, -(-(W + p[1] + p[3] - k[1]) // s[1]) + 1)
+    oh -= (oh - 1) * s[0] >= H + p[0]
+    ow -= (ow - 1) * s[1] >= W + p[1]
+    big = np.full(x.shape[:2] + (H + p[0] + p[2] + k[0] + s[0], W + p[1] + p[3] + k[1] + s[1]), np.nan)
+    big[..., :H + p[0] + p[2], :W + p[1] + p[3]] = 0.0 if cip else np.nan
+    big[..., p[0]:p[0] + H, p[1]:p[1] + W] = x
+    out = np.empty(x.shape[:2] + (oh, ow))
+    for i in range(oh):  # (a test oracle over a 5x4 output: loops are fine)
+        for j in range(ow):
+            out[..., i, j] = np.nanmean(big[..., i * s[0]:i * s[0] + k[0], j * s[1]:j * s[1] + k[1]], axis=(2, 3))
+    return out
+
+
+def test_pool2d_traced_example():
+    # jit.pool2d's doc: MaxPool 3x3 s2 on 5x5 -> 2x2; output (1, 1) is the max of rows 2-4, columns 2-4
+    if JIT.kernels() is None:
+        pytest.skip(f"compiled kernels unavailable: {JIT.unavailable_reason()}")
+    x = np.random.default_rng(3).permutation(25).astype(np.float32).reshape(1, 1, 5, 5)
+    y = np.empty((1, 1, 2, 2), np.float32)
+    assert JIT.pool2d(x, y, k=(3, 3), strides=(2, 2), dilations=(1, 1), pb=(0, 0), mode=JIT.MODE_MAX,
+                      padval=-np.inf)
+    assert y[0, 0, 1, 1] == x[0, 0, 2:5, 2:5].max()
+    assert y[0, 0].tolist() == [[x[0, 0, r:r + 3, c:c + 3].max() for c in (0, 2)] for r in (0, 2)]
+
+
+def test_strided_pool_split_over_two_threads(pool_task_counts, monkeypatch):
+    if JIT.kernels() is None:
+        pytest.skip(f"compiled kernels unavailable: {JIT.unavailable_reason()}")
+    monkeypatch.setattr(JIT, "MIN_PARALLEL_POOL", 0)
+    x = _rand((1, 5, 9, 9), 12)
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2])
+    got = PL.max_pool(x, **attrs)
+    assert pool_task_counts == [2]
+    np.testing.assert_array_equal(got, _ref("MaxPool", [x], **attrs))
+
+
 def test_maxpool_keeps_nan(path):
     # np.maximum propagates NaN; the compiled max must too (it takes NaN over any number)
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
@@ -98,6 +213,12 @@ def test_maxpool_keeps_nan(path):
     got = PL.max_pool(x, kernel_shape=[2, 2])
     want = np.array([[5, 6, 7], [9, 10, 11], [13, 14, 15]], np.float32)  # window max: its bottom-right
     want[:2, :2] = np.nan
+    np.testing.assert_array_equal(got[0, 0], want)
+    # strided (the separable kernel): NaN in either pass, first and later taps
+    x = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)
+    x[0, 0, 0, 0] = x[0, 0, 3, 4] = np.nan
+    got = PL.max_pool(x, kernel_shape=[2, 2], strides=[2, 2])
+    want = np.array([[np.nan, 9, 11], [19, 21, np.nan], [31, 33, 35]], np.float32)
     np.testing.assert_array_equal(got[0, 0], want)
 
 

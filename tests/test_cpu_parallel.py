@@ -137,14 +137,15 @@ def _ref(op, inputs, **attrs):
 
 @pytest.fixture(params=["compiled", "numpy"])
 def split_everything(request, pool_task_counts, monkeypatch):
-    """Every kernel takes its multi-threaded path, once with the compiled window kernels
-    (depthwise conv, stride-1 pools: kernels/jit.py) and once with numpy only (HETERO_JIT=0);
+    """Every kernel takes its multi-threaded path, once with the compiled kernels (depthwise
+    conv, pools, conv epilogues: kernels/jit.py) and once with numpy only (HETERO_JIT=0);
     yields the list of task counts P.run was given (so a test can assert the split really happened)."""
     if request.param == "numpy":
         monkeypatch.setenv("HETERO_JIT", "0")
     elif JIT.kernels() is None:
         pytest.skip(f"compiled kernels unavailable: {JIT.unavailable_reason()}")
     monkeypatch.setattr(JIT, "MIN_PARALLEL_TAPS", 0)
+    monkeypatch.setattr(JIT, "MIN_PARALLEL_POOL", 0)
     monkeypatch.setattr(CV, "MIN_PARALLEL_MACS", 0)
     monkeypatch.setattr(P, "MIN_SPLIT_ELEMS", 0)
     monkeypatch.setattr(P, "MIN_CHANNEL_SPLIT_ELEMS", 0)
@@ -192,7 +193,8 @@ def test_pools_split_by_channels_match_reference(split_everything, op, attrs):
     x = _rand(2, 5, 11, 9)
     fn = PL.max_pool if op == "MaxPool" else PL.average_pool
     got = fn(x, **attrs)
-    # numpy path: one task per channel block; compiled (stride 1): one per (image, channel block)
+    # numpy path and compiled strided pools: one task per channel block; compiled stride 1: one
+    # per (image, channel block)
     assert split_everything in ([2], [4]), "the pool never used the second thread"
     np.testing.assert_allclose(got, _ref(op, [x], **attrs), rtol=1e-5, atol=1e-6)
 
