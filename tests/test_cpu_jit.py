@@ -10,6 +10,7 @@ from onnx.reference import ReferenceEvaluator
 
 from hetero.devices.cpu.kernels import conv as CV
 from hetero.devices.cpu.kernels import jit as JIT
+from hetero.devices.cpu.kernels import nn as NN
 from hetero.devices.cpu.kernels import pool as PL
 
 
@@ -259,3 +260,51 @@ def test_disabled_by_env(monkeypatch):
     x = np.zeros((1, 2, 4, 4), np.float32)
     assert JIT.window2d(x, np.empty((1, 2, 2, 2), np.float32), k=(3, 3), strides=(1, 1), dilations=(1, 1),
                         pb=(0, 0), mode=JIT.MODE_MAX) is False
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 5, 4, 3), (1, 7, 9), (3, 4)])
+def test_batchnorm_matches_reference(path, shape, dtype):
+    C = shape[1]
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    scale, bias, mean = (rng.standard_normal(C).astype(dtype) for _ in range(3))
+    var = rng.uniform(0.5, 2.0, C).astype(dtype)
+    params = [scale, bias, mean, var]
+    for p in params:  # as the CPU plugin passes initializers: read-only (then cached)
+        p.flags.writeable = False
+    want = _ref("BatchNormalization", [x] + params, epsilon=1e-3)
+    for _ in range(2):  # the second call takes the cached affine form
+        got = NN.batch_normalization(x, *params, epsilon=1e-3)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_params_changed_in_place_are_seen(path):
+    # a writeable parameter (a graph input, say) may change between calls: never a stale cache
+    x = _rand((1, 3, 4, 4), 30)
+    scale, bias, mean, var = (np.ones(3, np.float32) for _ in range(4))
+    first = NN.batch_normalization(x, scale, bias, mean, var, epsilon=0.0)
+    np.testing.assert_allclose(first, x, rtol=1e-6)
+    scale[:] = 2.0
+    second = NN.batch_normalization(x, scale, bias, mean, var, epsilon=0.0)
+    np.testing.assert_allclose(second, 2 * x - 1, rtol=1e-6, atol=1e-6)
+
+
+def test_weights_fed_as_inputs_and_changed_in_place_are_seen(path):
+    # Conv weights as a graph input, reused by the caller and changed between inferences: the
+    # Winograd path (C, M >= 32, 14x14) caches transformed weights for read-only arrays only
+    import hetero
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 14, 14]),
+                                        helper.make_tensor_value_info("w", TensorProto.FLOAT, [32, 32, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 14, 14])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = hetero.compile_model(m, "CPU")
+    x, w = _rand((1, 32, 14, 14), 31), _rand((32, 32, 3, 3), 32)
+    for _ in range(2):
+        got = compiled({"x": x, "w": w})["y"]
+        np.testing.assert_allclose(got, _ref("Conv", [x, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                                   rtol=1e-4, atol=1e-4)
+        w *= -0.5  # same array, new values

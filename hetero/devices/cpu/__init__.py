@@ -217,6 +217,12 @@ class CPUExecutable(Executable):
         self._steps = steps
         self._template: list = [None] * (len(index) + 1)
         for k, a in graph.initializers.items():
+            # read-only views: no kernel may write into the model's constants, and the kernels'
+            # per-weight caches (Winograd / tap-major weights, BN's affine form) trust only
+            # read-only arrays not to change between inferences
+            if isinstance(a, np.ndarray) and a.flags.writeable:
+                a = a.view()
+                a.flags.writeable = False
             self._template[index[k]] = a
         produced = set(graph.input_names) | set(graph.initializers) | set(graph.outer_scope)
         produced.update(o for n in graph.nodes for o in n.outputs if o)

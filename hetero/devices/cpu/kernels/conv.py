@@ -564,8 +564,12 @@ _weight_lock = threading.Lock()
 
 def _per_weight(kind: str, w, make):
     """``make()``, a transform of weight array ``w``, cached per (kind, array): weights are the
-    same constant arrays on every inference. Keyed by identity and checked through a weakref (an
-    id can be reused once the array is gone); arrays that take no weakref are not cached."""
+    same constant arrays on every inference. Only read-only arrays are cached (the CPU plugin
+    passes initializers as read-only views; a writeable array, such as a weight fed as a graph
+    input, may change between calls). Keyed by identity and checked through a weakref (an id can
+    be reused once the array is gone); arrays that take no weakref are not cached."""
+    if not isinstance(w, np.ndarray) or w.flags.writeable:
+        return make()
     key = (kind, id(w))
     hit = _weight_cache.get(key)
     if hit is not None:

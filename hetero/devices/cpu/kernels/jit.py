@@ -316,13 +316,24 @@ def _compile(cache: bool):
 
         return epilogue
 
+    @nb.njit(**opts)
+    def affine(x3, y3, a, b, c0, c1):
+        """y3[n, c] = x3[n, c] * a[c] + b[c] for channels [c0, c1) of every image (x3, y3: (N, C, P))."""
+        for n in range(x3.shape[0]):
+            for c in range(c0, c1):
+                src, dst = x3[n, c], y3[n, c]
+                av, bv = a[c], b[c]
+                for q in range(src.size):
+                    dst[q] = src[q] * av + bv
+
     class Kernels:
-        """The compiled routines: ``window(mode, residual, act)``, ``pool(mode, kw, sw)`` and
-        ``epilogue(bias, residual, act)`` give that variant, built on first use (numba compiles each on its first call, or loads it from
+        """The compiled routines: ``affine`` (one), and ``window(mode, residual, act)``,
+        ``pool(mode, kw, sw)`` and ``epilogue(bias, residual, act)`` give that variant, built on first use (numba compiles each on its first call, or loads it from
         its on-disk cache)."""
 
         def __init__(self):
             self._variants = {}
+            self.affine = affine
 
         def _variant(self, make, key):
             fn = self._variants.get((make, key))
