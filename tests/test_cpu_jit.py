@@ -207,6 +207,18 @@ def test_strided_pool_split_over_two_threads(pool_task_counts, monkeypatch):
     np.testing.assert_array_equal(got, _ref("MaxPool", [x], **attrs))
 
 
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_stride1_pool_channel_blocks(path, op, monkeypatch):
+    # the tap loop runs POOL_BLOCK // plane channels as one wide run: 30x30 planes padded to 32x32
+    # (S = 1024) give runs of 4 channels, so 10 channels end in a partial block of 2
+    if path == "compiled":
+        assert JIT.POOL_BLOCK // (32 * 32) == 4
+    attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    x = _rand((2, 10, 30, 30), 40)
+    got = (PL.max_pool if op == "MaxPool" else PL.average_pool)(x, **attrs)
+    np.testing.assert_allclose(got, _ref(op, [x], **attrs), rtol=1e-5, atol=1e-6)
+
+
 def test_maxpool_keeps_nan(path):
     # np.maximum propagates NaN; the compiled max must too (it takes NaN over any number)
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
