@@ -373,6 +373,17 @@ CASES += [
     _fused_case("FusedGemm_sigmoid", "FusedGemm", "Gemm", [Inp((3, 6)), Inp((5, 6), const=True), Inp((5,), const=True)],
                 "Sigmoid", attrs={"transB": 1}),
     _fused_case("FusedMatMul_tanh", "FusedMatMul", "MatMul", [Inp((2, 3, 6)), Inp((6, 5), const=True)], "Tanh"),
+    # DenseNet's pre-activation BN + Relu (var: positive), and activations the compiled pass
+    # applies (Clip) or leaves to numpy (Sigmoid)
+    _fused_case("FusedBatchNormalization_relu", "FusedBatchNormalization", "BatchNormalization",
+                [Inp((2, 3, 5, 4)), Inp((3,), const=True), Inp((3,), const=True), Inp((3,), const=True),
+                 Inp((3,), const=True, low=0.5, high=2)], "Relu", attrs={"epsilon": 1e-3}),
+    _fused_case("FusedBatchNormalization_clip", "FusedBatchNormalization", "BatchNormalization",
+                [Inp((1, 4, 6)), Inp((4,), const=True), Inp((4,), const=True), Inp((4,), const=True),
+                 Inp((4,), const=True, low=0.5, high=2)], "Clip", [-0.5, 1.0]),
+    _fused_case("FusedBatchNormalization_sigmoid", "FusedBatchNormalization", "BatchNormalization",
+                [Inp((2, 3, 3, 3)), Inp((3,), const=True), Inp((3,), const=True), Inp((3,), const=True),
+                 Inp((3,), const=True, low=0.5, high=2)], "Sigmoid"),
 ]
 
 

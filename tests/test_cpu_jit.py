@@ -320,3 +320,19 @@ def test_weights_fed_as_inputs_and_changed_in_place_are_seen(path):
         np.testing.assert_allclose(got, _ref("Conv", [x, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
                                    rtol=1e-4, atol=1e-4)
         w *= -0.5  # same array, new values
+
+
+@pytest.mark.parametrize("act,params,fn", ACTS, ids=[a[0] or "none" for a in ACTS])
+def test_fused_batchnorm_activation(path, act, params, fn):
+    # DenseNet's BN + Relu as one FusedBatchNormalization: the activation in the same compiled pass
+    # (Relu, Clip, LeakyRelu), or applied after by numpy (Sigmoid)
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    scale, bias, mean = (rng.standard_normal(4).astype(np.float32) for _ in range(3))
+    var = rng.uniform(0.5, 2.0, 4).astype(np.float32)
+    want = fn(_ref("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-3))
+    out = np.empty_like(x)
+    got = NN.fused_batch_normalization(x, scale, bias, mean, var, epsilon=1e-3, activation=act,
+                                       activation_params=params, _out=out)
+    assert got is out
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

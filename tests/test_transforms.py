@@ -304,16 +304,35 @@ def test_conv_bn_mul_add_chain_folds():
 
 
 #   x ─MaxPool─▶ p ─BN─▶ n ─Mul(k)─▶ m ─Relu─▶ y      (DenseNet's pre-activation block)
-#   BN absorbs the Mul: [MaxPool, BatchNormalization, Relu]
+#   BN absorbs the Mul, then the Relu fuses: [MaxPool, FusedBatchNormalization(activation=Relu)]
 def test_bn_absorbs_following_scale():
     inits = {"k": rand(3, 1, 1), **bn_inits(3)}
     nodes = [helper.make_node("MaxPool", ["x"], ["p"], name="pool", kernel_shape=[2, 2]), bn_node("p", "n"),
              helper.make_node("Mul", ["n", "k"], ["m"], name="mul"),
              helper.make_node("Relu", ["m"], ["y"], name="relu")]
     m = model(nodes, [vi("x", [1, 3, 6, 6])], [vi("y", [1, 3, 5, 5])], inits)
+    assert ops(fold_batchnorm(read_model(m))) == ["MaxPool", "BatchNormalization", "Relu"]
     g = optimize(read_model(m))
-    assert ops(g) == ["MaxPool", "BatchNormalization", "Relu"] and g.nodes[1].fused == ("mul",)
+    assert ops(g) == ["MaxPool", "FusedBatchNormalization"]
+    bn = g.nodes[1]
+    assert (bn.name, bn.domain, bn.fused, bn.outputs) == ("bn", "hetero", ("mul", "relu"), ("y",))
+    assert bn.attrs["activation"] == "Relu" and bn.attrs["epsilon"] == pytest.approx(1e-3)
+    assert [x for x, _ in g.optimized_out] == ["mul", "relu"]
     same_outputs(m, {"x": rand(1, 3, 6, 6)}, rtol=1e-4, atol=1e-5)
+
+
+#   x ─BN(training_mode=1)─▶ n ─Relu─▶ y       training BN: nothing fuses
+#   x ─BN─▶ n ─Relu─▶ y, n also a graph output: nothing fuses
+def test_bn_activation_not_fused_in_training_or_when_shared():
+    inits = bn_inits(3)
+    train = helper.make_node("BatchNormalization", ["x", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["n"],
+                             name="bn", training_mode=1)
+    m = model([train, helper.make_node("Relu", ["n"], ["y"], name="relu")], [vi("x", [2, 3, 4])],
+              [vi("y", [2, 3, 4])], inits)
+    assert ops(optimize(read_model(m))) == ["BatchNormalization", "Relu"]
+    m = model([bn_node("x", "n"), helper.make_node("Relu", ["n"], ["y"], name="relu")], [vi("x", [2, 3, 4])],
+              [vi("y", [2, 3, 4]), vi("n", [2, 3, 4])], inits)
+    assert ops(optimize(read_model(m))) == ["BatchNormalization", "Relu"]
 
 
 #   a f32[5,6] ─Gemm(B, C, transB)─▶ g ─BN─▶ y      for transB in (0, 1): folds into [Gemm]
@@ -574,7 +593,8 @@ def test_passes_are_pure():
 LIGHT_EXPECTED = {
     # the FC weights are ConstantOfShape fills over MAX_FOLD_BYTES, read only as Gemm B: folded anyway
     "bvlc_alexnet": (40, 15, {"FusedConv": 5, "FusedGemm": 2, "Gemm": 1, "ConstantOfShape": 0}),
-    "densenet121": (1746, 308, {"FusedConv": 59, "Conv": 62, "BatchNormalization": 62, "Relu": 62}),
+    "densenet121": (1746, 246, {"FusedConv": 59, "Conv": 62, "FusedBatchNormalization": 62,
+                                "BatchNormalization": 0, "Relu": 0}),
     "inception_v1": (237, 85, {"FusedConv": 57, "Gemm": 1}),
     "inception_v2": (916, 95, {"FusedConv": 69, "Gemm": 1}),
     "resnet50": (415, 58, {"FusedConv": 49, "Conv": 4, "Gemm": 1}),

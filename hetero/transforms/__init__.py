@@ -5,7 +5,8 @@
 1. ``fold_constants``      constant subexpressions (and Shape of static shapes) -> initializers
 2. ``remove_identity``     Identity / inference Dropout
 3. ``fold_batchnorm``      BatchNormalization into the Conv / Gemm before it
-4. ``fuse_activations``    Conv/Gemm/MatMul + activation, Conv + residual Add [+ activation]
+4. ``fuse_activations``    Conv/Gemm/MatMul/BatchNormalization + activation, Conv + residual Add
+                           [+ activation]
 5. ``remove_dead_nodes``   nodes and initializers nothing reads
 
 Every node a pass removes or absorbs is appended to ``Graph.optimized_out`` as ``(name, op_type)``

@@ -1,11 +1,15 @@
-"""Fuse an activation (and a residual Add) into the Conv / Gemm / MatMul that feeds it.
+"""Fuse an activation (and a residual Add) into the Conv / Gemm / MatMul / BatchNormalization
+that feeds it.
 
 Targets are hetero's own ops (domain ``"hetero"``, opset 1), run by the devices' kernels:
 
 * ``FusedConv(X, W, [B], [residual])``: Conv's attributes plus ``activation`` and
   ``activation_params``; computes ``act(conv(X, W, B) + residual)``;
 * ``FusedGemm(A, B, [C])``: Gemm's attributes plus the activation: ``act(gemm(A, B, C))``;
-* ``FusedMatMul(A, B)``: ``act(A @ B)``.
+* ``FusedMatMul(A, B)``: ``act(A @ B)``;
+* ``FusedBatchNormalization(X, scale, B, mean, var)``: an inference BatchNormalization's
+  attributes plus the activation (DenseNet's pre-activation BN + Relu, which cannot fold into a
+  Conv: one pass over the tensor instead of two). Training-mode BNs are not fused.
 
 ``activation`` is one of ``ACTIVATIONS``; ``activation_params`` are floats: Clip ``[min, max]``
 (Clip-11+ takes them as inputs: fused only when they are constants; an absent bound is +-inf),
@@ -42,7 +46,8 @@ from .common import const, is_float_or_unknown, known_shape, rebuild, single_con
     with_opset
 
 ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh")
-FUSED_OP = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul"}
+FUSED_OP = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul",
+            "BatchNormalization": "FusedBatchNormalization"}
 DOMAIN = "hetero"
 
 
@@ -110,6 +115,8 @@ def fuse_activations(graph: Graph) -> Graph:
     for node in reversed(graph.nodes):
         op = FUSED_OP.get(node.op_type)
         if op is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+            continue
+        if node.op_type == "BatchNormalization" and int(node.attrs.get("training_mode", 0)):
             continue
         out = node.outputs[0]
         if not is_float_or_unknown(graph, out):

@@ -330,24 +330,38 @@ def _compile(cache: bool):
 
         return epilogue
 
-    @nb.njit(**opts)
-    def affine(x3, y3, a, b, c0, c1):
-        """y3[n, c] = x3[n, c] * a[c] + b[c] for channels [c0, c1) of every image (x3, y3: (N, C, P))."""
-        for n in range(x3.shape[0]):
-            for c in range(c0, c1):
-                src, dst = x3[n, c], y3[n, c]
-                av, bv = a[c], b[c]
-                for q in range(src.size):
-                    dst[q] = src[q] * av + bv
+    def make_affine(ACT):
+        """``affine`` with activation code ACT as a constant."""
+
+        @nb.njit(**opts)
+        def affine(x3, y3, a, b, consts, c0, c1):
+            """y3[n, c] = act(x3[n, c] * a[c] + b[c]) for channels [c0, c1) of every image (x3, y3:
+            (N, C, P); ``consts``: the activation parameters p0, p1, and zero)."""
+            p0, p1, zero = consts[0], consts[1], consts[2]
+            for n in range(x3.shape[0]):
+                for c in range(c0, c1):
+                    src, dst = x3[n, c], y3[n, c]
+                    av, bv = a[c], b[c]
+                    for q in range(src.size):
+                        v = src[q] * av + bv
+                        if ACT == 1:
+                            v = zero if v < zero else v
+                        elif ACT == 2:
+                            v = p0 if v < p0 else v
+                            v = p1 if v > p1 else v
+                        elif ACT == 3:
+                            v = v * p0 if v < zero else v
+                        dst[q] = v
+
+        return affine
 
     class Kernels:
-        """The compiled routines: ``affine`` (one), and ``window(mode, residual, act)``,
-        ``pool(mode, kw, sw)`` and ``epilogue(bias, residual, act)`` give that variant, built on first use (numba compiles each on its first call, or loads it from
+        """The compiled routines: ``window(mode, residual, act)``, ``pool(mode, kw, sw)``,
+        ``epilogue(bias, residual, act)`` and ``affine(act)`` give that variant, built on first use (numba compiles each on its first call, or loads it from
         its on-disk cache)."""
 
         def __init__(self):
             self._variants = {}
-            self.affine = affine
 
         def _variant(self, make, key):
             fn = self._variants.get((make, key))
@@ -363,6 +377,9 @@ def _compile(cache: bool):
 
         def pool(self, mode, kw=0, sw=0):
             return self._variant(make_pool, (int(mode), int(kw), int(sw)))
+
+        def affine(self, act=0):
+            return self._variant(make_affine, (int(act),))
 
         def epilogue(self, bias, residual, act):
             return self._variant(make_epilogue, (bool(bias), bool(residual), int(act)))

@@ -123,6 +123,51 @@ def _bn_affine(x, scale, B, mean, var, eps):
     return a, b
 
 
+def _bn_inference(x, scale, B, mean, var, eps, out, act, act_params):
+    """Inference BN, written into ``out`` when it fits -> (y, activation applied?). The activation
+    (FusedBatchNormalization's) is applied in the same compiled pass when it is one of
+    ``jit.ACT_CODES``; otherwise the caller applies it."""
+    dt = x.dtype
+    a, b = _bn_affine(x, scale, B, mean, var, eps)
+    if not (x.ndim >= 2 and a.shape == b.shape == (1, x.shape[1]) + (1,) * (x.ndim - 2)):
+        y = x * a
+        y += b
+        return y, False
+    # per-channel: scale and shift each channel block on its own thread, into the plan's buffer
+    y = out if (out is not None and out.shape == x.shape and out.dtype == dt) else np.empty(x.shape, dt)
+    code = jit.ACT_CODES.get(act)
+    kern = jit.kernels() if dt in (np.float32, np.float64) and x.flags.c_contiguous and code is not None else None
+    if kern is not None:  # one compiled pass (numpy: a multiply pass, an add pass, the activation's)
+        N, C = x.shape[:2]
+        x3, y3 = x.reshape(N, C, -1), y.reshape(N, C, -1)
+        a1, b1 = a.reshape(C), b.reshape(C)
+        consts = np.array(jit.act_params(act, act_params) + (0,), dt)
+        fn = kern.affine(code)
+        parallel.batched(C, lambda lo, hi: fn(x3, y3, a1, b1, consts, lo, hi), x.size)
+        return y, True
+
+    def block(lo, hi):
+        ys = y[:, lo:hi]
+        np.multiply(x[:, lo:hi], a[:, lo:hi], out=ys)
+        ys += b[:, lo:hi]
+    parallel.batched(x.shape[1], block, x.size)
+    return y, False
+
+
+@kernel("FusedBatchNormalization", domain="hetero")
+def fused_batch_normalization(x, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
+                              training_mode=0, is_test=0, spatial=1, consumed_inputs=None, activation="",
+                              activation_params=(), _out=None):
+    """act(BatchNormalization(x)) at inference (the fusion pass never fuses a training-mode BN)."""
+    if int(training_mode):
+        raise ValueError("FusedBatchNormalization: training_mode=1 is not fusable")
+    y, done = _bn_inference(x, scale, B, input_mean, input_var, float(epsilon), _out, activation or "",
+                            activation_params)
+    if activation and not done:
+        apply_activation(y, activation, activation_params)
+    return y
+
+
 @kernel("BatchNormalization", since=1)
 def batch_normalization(x, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
                         training_mode=0, is_test=0, spatial=1, consumed_inputs=None,
@@ -131,27 +176,7 @@ def batch_normalization(x, scale, B, input_mean, input_var, *, epsilon=1e-5, mom
     training = bool(training_mode) or (_opset is not None and _opset < 14 and _num_outputs > 1 and not is_test)
     eps = float(epsilon)
     if not training:
-        a, b = _bn_affine(x, scale, B, input_mean, input_var, eps)
-        if x.ndim >= 2 and a.shape == b.shape == (1, x.shape[1]) + (1,) * (x.ndim - 2):
-            # per-channel: scale and shift each channel block on its own thread, into the plan's buffer
-            y = _out if (_out is not None and _out.shape == x.shape and _out.dtype == dt) else np.empty(x.shape, dt)
-            kern = jit.kernels() if dt in (np.float32, np.float64) and x.flags.c_contiguous else None
-            if kern is not None:  # one compiled pass (numpy: a multiply pass, then an add pass)
-                N, C = x.shape[:2]
-                x3, y3 = x.reshape(N, C, -1), y.reshape(N, C, -1)
-                a1, b1 = a.reshape(C), b.reshape(C)
-                parallel.batched(C, lambda lo, hi: kern.affine(x3, y3, a1, b1, lo, hi), x.size)
-                return y
-
-            def block(lo, hi):
-                ys = y[:, lo:hi]
-                np.multiply(x[:, lo:hi], a[:, lo:hi], out=ys)
-                ys += b[:, lo:hi]
-            parallel.batched(x.shape[1], block, x.size)
-            return y
-        y = x * a
-        y += b
-        return y
+        return _bn_inference(x, scale, B, input_mean, input_var, eps, _out, "", ())[0]
     axes = (0,) + tuple(range(2, x.ndim))
     cdt = _float_compute_dtype(dt)
     xc = x.astype(cdt, copy=False)

@@ -1,13 +1,25 @@
-"""Normalisations (cl/norm.cl): BatchNormalization (inference), LRN, LayerNormalization,
+"""Normalisations (cl/norm.cl): BatchNormalization (inference; FusedBatchNormalization with its
+activation), LRN, LayerNormalization,
 InstanceNormalization. (The transforms usually fold BatchNormalization into the Conv before it; the
 kernel serves the BatchNorms that remain, e.g. after a Concat.)"""
 from __future__ import annotations
 
 from ..plan import BufRef, NodeBuilder, Unsupported, chunks_for, planner, prod
+from .gemm import activation_of
 
 
 @planner("BatchNormalization")
 def plan_batchnorm(nb: NodeBuilder) -> None:
+    _plan_batchnorm(nb, (0, 0.0, 0.0))
+
+
+@planner("FusedBatchNormalization", domain="hetero")
+def plan_fused_batchnorm(nb: NodeBuilder) -> None:
+    """BatchNormalization + activation (the transforms' fusion): the kernel applies it as it stores."""
+    _plan_batchnorm(nb, activation_of(nb))
+
+
+def _plan_batchnorm(nb: NodeBuilder, act) -> None:
     dt = nb.require_float(0, 1, 2, 3, 4)
     if int(nb.attr("training_mode", 0)) or any(nb.has_output(i) for i in range(1, 5)):
         raise Unsupported("BatchNormalization: training mode not supported")
@@ -25,7 +37,7 @@ def plan_batchnorm(nb: NodeBuilder) -> None:
     chunks = max(1, min(chunks, inner))
     args = [BufRef(nb.buf(0)), 0, BufRef(nb.out_buf(0)), 0] + \
         sum([[BufRef(nb.buf(i)), 0] for i in range(1, 5)], []) + \
-        [C, inner, float(nb.attr("epsilon", 1e-5)), 0, 0.0, 0.0]
+        [C, inner, float(nb.attr("epsilon", 1e-5))] + list(act)
     nb.launch("norm.cl", "batchnorm", nb.float_defines(dt), (chunks, C, xs[0]), None, args,
               [nb.buf(i) for i in range(5)], [nb.out_buf(0)])
 
