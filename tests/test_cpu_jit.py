@@ -12,6 +12,7 @@ from hetero.devices.cpu.kernels import conv as CV
 from hetero.devices.cpu.kernels import jit as JIT
 from hetero.devices.cpu.kernels import nn as NN
 from hetero.devices.cpu.kernels import pool as PL
+from op_cases import _lrn_ref
 
 
 @pytest.fixture(params=["compiled", "numpy"])
@@ -336,3 +337,15 @@ def test_fused_batchnorm_activation(path, act, params, fn):
                                        activation_params=params, _out=out)
     assert got is out
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size,beta,shape", [(5, 0.75, (2, 7, 4, 3)), (4, 0.5, (1, 6, 5)), (3, 1.0, (1, 3, 2, 2)),
+                                             (5, 0.6, (1, 9, 3, 3)), (7, 0.75, (1, 2, 4, 4))])
+def test_lrn_matches_formula(path, size, beta, shape, dtype):
+    # (the spec's formula: onnx.reference's LRN is wrong across channels; beta 0.75 / 0.5 / 1 take
+    # the square-root forms, 0.6 the power; size 7 > 2 channels: windows clipped at both ends)
+    x = _rand(shape, size, dtype)
+    got = NN.lrn(x, size=size, alpha=1e-2, beta=beta, bias=1.5)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, _lrn_ref(x, size, 1e-2, beta, 1.5)[0], rtol=1e-5, atol=1e-6)

