@@ -125,6 +125,19 @@ def _compile(cache: bool):
     # no fastmath beyond contraction (a*b+c as one FMA): max must keep NaNs, sums keep their order
     opts = dict(nogil=True, cache=cache, boundscheck=False, error_model="numpy", fastmath={"contract"})
 
+    @nb.njit(inline="always", **opts)
+    def activate(v, act, p0, p1, zero):
+        """Activation code ``act`` (ACT_CODES) on v: inlined into each variant, where ``act`` is a
+        closure constant, so only its own branch is compiled. Relu keeps NaN, as np.maximum."""
+        if act == 1:
+            return zero if v < zero else v
+        if act == 2:
+            v = p0 if v < p0 else v
+            return p1 if v > p1 else v
+        if act == 3:
+            return v * p0 if v < zero else v
+        return v
+
     def make_window(MODE, RES, ACT):
         """``window`` specialised for one mode (MODE_*), residual or not, activation code: closure
         constants, so each variant compiles to one tight loop per step. Measured on 272x14x14
@@ -196,13 +209,7 @@ def _compile(cache: bool):
                                 v = arow[ow] + bv
                                 if RES:
                                     v += rrow[ow]
-                                if ACT == 1:
-                                    v = zero if v < zero else v  # (NaN stays NaN, as np.maximum)
-                                elif ACT == 2:
-                                    v = p0 if v < p0 else v
-                                    v = p1 if v > p1 else v
-                                elif ACT == 3:
-                                    v = v * p0 if v < zero else v
+                                v = activate(v, ACT, p0, p1, zero)
                                 yrow[ow] = v
                     elif MODE == 2:
                         for oh in range(OH):
@@ -320,13 +327,7 @@ def _compile(cache: bool):
                         v += bv
                     if RES:
                         v += rrow[q]
-                    if ACT == 1:
-                        v = zero if v < zero else v  # (NaN stays NaN, as np.maximum)
-                    elif ACT == 2:
-                        v = p0 if v < p0 else v
-                        v = p1 if v > p1 else v
-                    elif ACT == 3:
-                        v = v * p0 if v < zero else v
+                    v = activate(v, ACT, p0, p1, zero)
                     row[q] = v
 
         return epilogue
@@ -345,13 +346,7 @@ def _compile(cache: bool):
                     av, bv = a[c], b[c]
                     for q in range(src.size):
                         v = src[q] * av + bv
-                        if ACT == 1:
-                            v = zero if v < zero else v
-                        elif ACT == 2:
-                            v = p0 if v < p0 else v
-                            v = p1 if v > p1 else v
-                        elif ACT == 3:
-                            v = v * p0 if v < zero else v
+                        v = activate(v, ACT, p0, p1, zero)
                         dst[q] = v
 
         return affine
