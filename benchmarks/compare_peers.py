@@ -10,7 +10,8 @@ in f32):
    in three blocks each (hetero, ORT, OpenVINO, hetero, ...) so drift on a shared machine hits all
    alike; not run by run, because ONNX Runtime's threads spin for a while after each run and on a
    small machine that slows whichever engine runs next (SqueezeNet on hetero: 33 ms alone, 76 ms
-   interleaved run by run with ORT). Each block starts with one untimed run.
+   interleaved run by run with ORT). Each block starts after half a second of quiet (those spinning
+   threads go idle) and with one untimed run.
 3. throughput: requests/s with the requests in flight that the THROUGHPUT hint asks for: hetero and
    OpenVINO compile with ``PERFORMANCE_HINT=THROUGHPUT`` and keep OPTIMAL_NUMBER_OF_INFER_REQUESTS
    requests in an AsyncInferQueue; ONNX Runtime has no hint, so it gets the same shape by hand: one
@@ -183,6 +184,10 @@ def input_for(path: str) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
+#: seconds of quiet before each engine's latency block (see measure_model)
+QUIET_S = 0.5
+
+
 def measure_model(path: str, engines, iters: int, warmup: int, tput_requests: int) -> dict:
     """{engine name: {compile_ms, latency_ms, tput, nreq, outputs}} for one model."""
     x = input_for(path)
@@ -201,7 +206,11 @@ def measure_model(path: str, engines, iters: int, warmup: int, tput_requests: in
     for r in range(rounds):  # 2. latency: engines take turns in blocks
         for e in engines:
             run = runners[e.name]
-            run()  # untimed: lets the previous engine's pool threads (ORT spins after a run) go idle
+            # the previous engine's pool threads keep spinning for a while after its last run
+            # (ONNX Runtime's intra-op pool, OpenVINO's TBB arena): let them go idle, so every
+            # block starts on a quiet machine whichever engine ran before it
+            time.sleep(QUIET_S)
+            run()  # untimed
             for _ in range(iters // rounds + (r < iters % rounds)):
                 t0 = time.perf_counter()
                 run()
