@@ -349,3 +349,29 @@ def test_lrn_matches_formula(path, size, beta, shape, dtype):
     got = NN.lrn(x, size=size, alpha=1e-2, beta=beta, bias=1.5)
     assert got.dtype == dtype
     np.testing.assert_allclose(got, _lrn_ref(x, size, 1e-2, beta, 1.5)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_variant_without_a_disk_cache(monkeypatch):
+    # numba refuses cache=True where it finds no writable cache directory (at decoration): a
+    # variant built after that must still come, compiled in memory
+    if JIT.kernels() is None:
+        pytest.skip(f"compiled kernels unavailable: {JIT.unavailable_reason()}")
+    import numba
+
+    kern = JIT._compile(cache=True)
+    real = numba.njit
+    refused = []
+
+    def njit(*args, **kw):
+        if kw.get("cache"):
+            refused.append(kw)
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    fn = kern.pool(JIT.MODE_MAX, 3, 2)
+    assert refused, "the variant never asked for a disk cache"
+    x = _rand((1, 2, 7, 7), 50)
+    y = np.empty((1, 2, 3, 3), np.float32)
+    fn(x[0], y[0], 3, 3, 2, 2, 1, 1, 0, 0, np.float32(-np.inf), JIT.empty(np.float32, 2), 0, 2)
+    np.testing.assert_array_equal(y, _ref("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2]))

@@ -401,7 +401,12 @@ def _compile(cache: bool):
                 with _lock:
                     fn = self._variants.get((make, key))
                     if fn is None:
-                        fn = self._variants[(make, key)] = make(*key)
+                        try:
+                            fn = make(*key)
+                        except Exception:  # noqa: BLE001 - e.g. no writable cache directory
+                            opts["cache"] = False  # (this and later variants: in memory only)
+                            fn = make(*key)
+                        self._variants[(make, key)] = fn
             return fn
 
         def window(self, mode, residual=False, act=0):
