@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..registry import kernel
 from . import jit, parallel
-from .nn import apply_activation
+from .nn import apply_activation, per_weight
 
 # --------------------------------------------------------------------------------------------
 # per-thread workspaces (intermediate buffers only; never returned to callers)
@@ -456,8 +456,8 @@ def _conv_shifted(x, w, y, dilations, pb, pe, out_sp, k, epi):
 
 def _tap_major_weights(w):
     """w (M, C, kh, kw) -> (M*kh*kw, C) contiguous (row m*K + t: tap t of output m), cached per
-    weight array (``_per_weight``)."""
-    return _per_weight("tap_major", w, lambda: np.ascontiguousarray(
+    weight array (``nn.per_weight``)."""
+    return per_weight("tap_major", w, lambda: np.ascontiguousarray(
         w.reshape(w.shape[0], w.shape[1], -1).transpose(0, 2, 1)).reshape(-1, w.shape[1]))
 
 
@@ -551,43 +551,11 @@ def _use_winograd(x, w, g, strides, dilations, out_sp, k):
 
 
 def _winograd_weights(w):
-    """U[(r, s), M, C] = (G w G^T)[r, s], cached per weight array (``_per_weight``)."""
+    """U[(r, s), M, C] = (G w G^T)[r, s], cached per weight array (``nn.per_weight``)."""
     def make():
         U = np.einsum("ri,mcij,sj->rsmc", _WINO_G, w.astype(np.float64), _WINO_G, optimize=True)
         return np.ascontiguousarray(U.reshape(36, w.shape[0], w.shape[1]), dtype=np.float32)
-    return _per_weight("winograd", w, make)
-
-
-_weight_cache: dict = {}
-_weight_lock = threading.Lock()
-
-
-def _per_weight(kind: str, w, make):
-    """``make()``, a transform of weight array ``w``, cached per (kind, array): weights are the
-    same constant arrays on every inference. Only read-only arrays are cached (the CPU plugin
-    passes initializers as read-only views; a writeable array, such as a weight fed as a graph
-    input, may change between calls). Keyed by identity and checked through a weakref (an id can
-    be reused once the array is gone); arrays that take no weakref are not cached."""
-    if not isinstance(w, np.ndarray) or w.flags.writeable:
-        return make()
-    key = (kind, id(w))
-    hit = _weight_cache.get(key)
-    if hit is not None:
-        ref, shape, val = hit
-        if ref() is w and shape == w.shape:
-            return val
-    val = make()
-    try:
-        import weakref
-        ref = weakref.ref(w)
-    except TypeError:
-        return val
-    with _weight_lock:
-        if len(_weight_cache) > 1024:  # drop dead entries
-            for kk in [kk for kk, v in _weight_cache.items() if v[0]() is None]:
-                del _weight_cache[kk]
-        _weight_cache[key] = (ref, w.shape, val)
-    return val
+    return per_weight("winograd", w, make)
 
 
 _BT32 = _WINO_BT.astype(np.float32)

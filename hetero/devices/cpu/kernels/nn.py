@@ -6,6 +6,9 @@ matrix products go through ``np.matmul`` on float arrays so BLAS does the work.
 """
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 
 from ..registry import kernel
@@ -77,6 +80,35 @@ def _scalar_f(v, dtype):
     return np.asarray(v, dtype=dtype)
 
 
+_weight_cache: dict = {}
+_weight_lock = threading.Lock()
+
+
+def per_weight(kind, arrays, make):
+    """``make()``, a transform of constant arrays (one array or a tuple of them: Winograd weights,
+    BN's affine form), cached per (kind, arrays): weights are the same constant arrays on every
+    inference. Only read-only arrays are cached (the CPU plugin passes initializers as read-only
+    views; a writeable array, such as a weight fed as a graph input, may change between calls).
+    Keyed by identity and checked through weakrefs (an id can be reused once an array is gone)."""
+    arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+    if not all(isinstance(a, np.ndarray) and not a.flags.writeable for a in arrays):
+        return make()
+    key = (kind,) + tuple(id(a) for a in arrays)
+    hit = _weight_cache.get(key)
+    if hit is not None:
+        refs, shapes, val = hit
+        if all(r() is a and s == a.shape for r, s, a in zip(refs, shapes, arrays)):
+            return val
+    val = make()
+    refs = tuple(weakref.ref(a) for a in arrays)
+    with _weight_lock:
+        if len(_weight_cache) > 1024:  # drop dead entries
+            for kk in [kk for kk, v in _weight_cache.items() if any(r() is None for r in v[0])]:
+                del _weight_cache[kk]
+        _weight_cache[key] = (refs, tuple(a.shape for a in arrays), val)
+    return val
+
+
 # --------------------------------------------------------------------------------------------
 # BatchNormalization
 # --------------------------------------------------------------------------------------------
@@ -91,36 +123,19 @@ def _bn_param(p: np.ndarray, x: np.ndarray) -> np.ndarray:
     return p.reshape((1,) + p.shape)
 
 
-_bn_cache: dict = {}
-
-
 def _bn_affine(x, scale, B, mean, var, eps):
     """Inference BN as ``x * a + b`` (a, b broadcastable to x, in x's dtype), cached per parameter
-    arrays: they are the model's constants on every inference, and computing a, b is ten small
-    numpy calls (about 30 us; DenseNet-121 runs 121 BNs). Only read-only arrays are cached (the CPU
-    plugin passes initializers as read-only views; a writeable array, such as a graph input, may
-    change between calls). An entry holds weak references to all four arrays and is used only
-    while each is still the very array passed (an id can be reused once an array is gone)."""
-    import weakref
-
+    arrays (``per_weight``): computing a, b is ten small numpy calls (about 30 us; DenseNet-121
+    runs 121 BNs)."""
     dt = x.dtype
-    params = (scale, B, mean, var)
-    cacheable = all(isinstance(p, np.ndarray) and not p.flags.writeable for p in params)
-    key = (id(scale), id(B), id(mean), id(var), float(eps), dt.str, x.ndim, x.shape[1] if x.ndim > 1 else 1)
-    hit = _bn_cache.get(key) if cacheable else None
-    if hit is not None and all(r() is p for r, p in zip(hit[0], params)):
-        return hit[1]
-    m = _bn_param(mean, x).astype(dt, copy=False)
-    v = _bn_param(var, x).astype(dt, copy=False)
-    a = _bn_param(scale, x).astype(dt, copy=False) / np.sqrt(v + _scalar_f(eps, dt))
-    b = _bn_param(B, x).astype(dt, copy=False) - m * a
-    if not cacheable:
-        return a, b
-    refs = tuple(weakref.ref(p) for p in params)
-    if len(_bn_cache) > 4096:
-        _bn_cache.clear()
-    _bn_cache[key] = (refs, (a, b))
-    return a, b
+
+    def make():
+        m = _bn_param(mean, x).astype(dt, copy=False)
+        v = _bn_param(var, x).astype(dt, copy=False)
+        a = _bn_param(scale, x).astype(dt, copy=False) / np.sqrt(v + _scalar_f(eps, dt))
+        return a, _bn_param(B, x).astype(dt, copy=False) - m * a
+    return per_weight(("bn", float(eps), dt.str, x.ndim, x.shape[1] if x.ndim > 1 else 1),
+                      (scale, B, mean, var), make)
 
 
 def _bn_inference(x, scale, B, mean, var, eps, out, act, act_params):
@@ -358,29 +373,28 @@ def lrn(x, *, size, alpha=0.0001, beta=0.75, bias=1.0, _out=None):
     N, C = x.shape[:2]
     xc = x.astype(cdt, copy=False)
     y = _out if (_out is not None and _out.shape == x.shape and _out.dtype == dt) else np.empty(x.shape, dt)
-    R = x.shape[2] if x.ndim > 2 else 1
-    rest = int(np.prod(x.shape[3:], dtype=np.int64)) if x.ndim > 3 else 1
-    x4 = xc.reshape(N, C, R, rest)
-    y4 = y.reshape(N, C, R, rest)
-    rows = max(1, min(R, _LRN_BLOCK_BYTES // max(1, C * rest * np.dtype(cdt).itemsize)))
-    # threads only for big inputs: a block is ~10 short numpy calls, and below that size the two
-    # threads mostly wait for each other's GIL (as for the pools, parallel.channels)
+    # threads only for big inputs: a numpy block is ~10 short numpy calls, and below that size the
+    # two threads mostly wait for each other's GIL (as for the pools, parallel.channels)
     T = parallel.threads() if x.size >= parallel.MIN_CHANNEL_SPLIT_ELEMS else 1
-    nblk = -(-R // rows)
-    nblk = -(-nblk // T) * T if N == 1 else nblk  # whole rounds of blocks: every thread as busy
-    rows = -(-R // nblk)
-    units = [(n, r0, min(R, r0 + rows)) for n in range(N) for r0 in range(0, R, rows)]
     alpha, beta, bias = float(alpha), float(beta), float(bias)
     kern = jit.kernels() if cdt == dt and x.flags.c_contiguous else None
     if kern is not None:  # compiled: one pass per channel, channel blocks over the threads
         fn = kern.lrn(beta)
         x3, y3 = xc.reshape(N, C, -1), y.reshape(N, C, -1)
         lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
-        consts = [dt.type(v) for v in (alpha / size, bias, beta)]
-        units = [(n, c0, c1) for n in range(N) for c0, c1 in parallel.split(C, T)]
-        parallel.each(units, lambda u: fn(x3[u[0]], y3[u[0]], lo, hi, consts[0], consts[1], consts[2],
-                                          u[1], u[2]))
+        k, b, e = (dt.type(v) for v in (alpha / size, bias, beta))
+        parallel.each([(n, c0, c1) for n in range(N) for c0, c1 in parallel.split(C, T)],
+                      lambda u: fn(x3[u[0]], y3[u[0]], lo, hi, k, b, e, u[1], u[2]))
         return y
+    R = x.shape[2] if x.ndim > 2 else 1
+    rest = int(np.prod(x.shape[3:], dtype=np.int64)) if x.ndim > 3 else 1
+    x4 = xc.reshape(N, C, R, rest)
+    y4 = y.reshape(N, C, R, rest)
+    rows = max(1, min(R, _LRN_BLOCK_BYTES // max(1, C * rest * np.dtype(cdt).itemsize)))
+    nblk = -(-R // rows)
+    nblk = -(-nblk // T) * T if N == 1 else nblk  # whole rounds of blocks: every thread as busy
+    rows = -(-R // nblk)
+    units = [(n, r0, min(R, r0 + rows)) for n in range(N) for r0 in range(0, R, rows)]
 
     def unit(u):
         n, r0, r1 = u
