@@ -109,11 +109,11 @@ def test_epilogue_compiled_where_it_applies(path):
     y = np.zeros((1, 4, 3, 3), np.float32)
     b = np.ones(4, np.float32)
     on = path == "compiled"
-    assert (CV._Epilogue(y, b, None, "Relu", ()).compiled is not None) == on
-    assert (CV._Epilogue(y, None, y.copy(), "Clip", (0.0, 1.0)).compiled is not None) == on
-    assert CV._Epilogue(y, b, None, "Sigmoid", ()).compiled is None  # numpy applies it
-    assert CV._Epilogue(y, None, None, "", ()).compiled is None  # nothing to do
-    assert CV._Epilogue(y.astype(np.float16), b, None, "Relu", ()).compiled is None
+    assert (CV._Epilogue(y, b, None, "Relu", ())._compiled() is not None) == on
+    assert (CV._Epilogue(y, None, y.copy(), "Clip", (0.0, 1.0))._compiled() is not None) == on
+    assert CV._Epilogue(y, b, None, "Sigmoid", ())._compiled() is None  # numpy applies it
+    assert CV._Epilogue(y, None, None, "", ())._compiled() is None  # nothing to do
+    assert CV._Epilogue(y.astype(np.float16), b, None, "Relu", ())._compiled() is None
 
 
 POOLS = [c for c in itertools.product(["MaxPool", "AveragePool"], [(7, 9), (5, 5)], [(3, 3), (2, 3), (1, 1)],

@@ -159,7 +159,7 @@ class _Epilogue:
         self.res2 = None if residual is None else residual.reshape(N, M, -1)
         self.act = activation or ""
         self.params = params
-        self.compiled = self._compiled()
+        self.compiled = False  # built on the first block (the direct conv never asks for it)
 
     def _compiled(self):
         """The compiled one-pass epilogue (``jit.epilogue``) bound to this conv's arrays, or None
@@ -181,6 +181,8 @@ class _Epilogue:
         return lambda n, m0, m1, p0, p1: fn(y2, b1, r3, consts, n, m0, m1, p0, p1)
 
     def __call__(self, n, m0, m1, p0, p1):
+        if self.compiled is False:
+            self.compiled = self._compiled()
         if self.compiled is not None:
             self.compiled(n, m0, m1, p0, p1)
             return

@@ -306,7 +306,7 @@ class _Plan:
     """Everything of a conv that depends only on its geometry: the (channel, tap) offset table, the
     crop tables, and one ``prm`` row per unit of work, built once per thread and geometry."""
 
-    __slots__ = ("pack", "S", "units", "prm", "tables", "x_off", "T")
+    __slots__ = ("pack", "S", "prm", "prm_at", "tables", "crop")
 
     def __init__(self, eng, xs, ws, g, strides, dilations, pb, ys, T):
         N, C, H, W = xs
@@ -354,14 +354,14 @@ class _Plan:
                                  J, ldy, b0, b1, t0 * TILE, t1 * TILE, L, Mg,
                                  table.ctypes.data, mask.ctypes.data, dst.ctypes.data])
         self.prm = np.array(rows, np.int64)
-        self.units = [int(a) for a in range(len(rows))]
-        self.T = T
+        self.prm_at = [self.prm.ctypes.data + i * self.prm.strides[0] for i in range(len(rows))]
+        self.crop = Wq != OW
 
 
 _tls = threading.local()
 
 #: below this many multiply-adds a direct conv runs on the calling thread only
-MIN_PARALLEL_MACS = 2_000_000
+MIN_PARALLEL_MACS = 4_000_000
 
 
 def _plan(eng, x, w, g, strides, dilations, pb, y, T) -> _Plan:
@@ -392,14 +392,13 @@ def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> b
         x = jit.pack(x, w.shape[2:], strides, dilations, pb, y.shape[2:], 0.0)[0]
     packed = _packed(w, bias, g, eng.MR)  # (held until the calls return: they read its arrays)
     wa, ba = packed[1], packed[3]
-    fn = eng.get(act, bias is not None, residual is not None, plan.tables[1].size > 1)
+    fn = eng.get(act, bias is not None, residual is not None, plan.crop)
     xa, ya = x.ctypes.data, y.ctypes.data
     ra = ya if residual is None else residual.ctypes.data
-    prm = plan.prm
-    pa, stride = prm.ctypes.data, prm.strides[0]
-    if len(plan.units) == 1:
-        fn(pa, xa, wa, ya, ba, ra, a0, a1)
+    at = plan.prm_at
+    if len(at) == 1:
+        fn(at[0], xa, wa, ya, ba, ra, a0, a1)
         return True
     # x (maybe the pack workspace), y and residual outlive the calls: this frame holds them
-    parallel.each(plan.units, lambda u: fn(pa + u * stride, xa, wa, ya, ba, ra, a0, a1))
+    parallel.each(at, lambda pa: fn(pa, xa, wa, ya, ba, ra, a0, a1))
     return True
