@@ -3,6 +3,9 @@ DeformConv, Col2Im and the ``hetero`` domain's FusedConv.
 
 How a float Conv runs (NCHW, float32 throughout):
 
+* 2-D float32 convs other than depthwise, grouped 1x1 and 1x1 on >= DIRECT_MAX_1X1_CHANNELS
+  channels: the direct kernel of ``direct.py`` (LLVM IR, registers-blocked, epilogue fused); the
+  paths below run where it is unavailable (no llvmlite, ``HETERO_DIRECT=0``) or does not apply.
 * 1x1 kernels without padding: a plain GEMM ``W (M, C) @ X (C, H*W)`` on the (strided-sliced) input;
   grouped ones as one batched matmul over groups.
 * depthwise (``group == C``, one input channel per group): 2-D ones through the compiled tap loop
