@@ -183,6 +183,21 @@ class _Epilogue:
         consts = np.array(jit.act_params(self.act, self.params) + (0,), y2.dtype)
         return lambda n, m0, m1, p0, p1: fn(y2, b1, r3, consts, n, m0, m1, p0, p1)
 
+    def fused(self, y):
+        """(act, p0, p1, residual) for a compiled kernel that applies the epilogue as it stores
+        (depthwise ``jit.window2d``, ``direct.conv2d``): the activation's code (None: one the
+        kernels do not know, ``finish`` applies it) and parameters, the residual in y's shape and
+        dtype, C-contiguous (None: none)."""
+        act = jit.ACT_CODES.get(self.act)
+        p0, p1 = jit.act_params(self.act, self.params)
+        res = None if self.res2 is None else np.ascontiguousarray(self.res2, dtype=y.dtype).reshape(y.shape)
+        return act, p0, p1, res
+
+    def finish(self, y, act):
+        """After a kernel that ran with ``fused``'s arguments: the activation it could not apply."""
+        if act is None:
+            apply_activation(y, self.act, self.params)
+
     def __call__(self, n, m0, m1, p0, p1):
         if self.compiled is False:
             self.compiled = self._compiled()
@@ -331,20 +346,19 @@ def _conv_direct(x, w, y, g, strides, dilations, pb, epi):
     is unavailable or the arrays are not float32 / C-contiguous (another path runs instead)."""
     if not (x.dtype == w.dtype == y.dtype == np.float32 and y.flags.c_contiguous):
         return False
-    act = jit.ACT_CODES.get(epi.act)
-    a0, a1 = jit.act_params(epi.act, epi.params)
-    bias = None if epi.b is None else epi.b  # packed (as float32, contiguous) with the weights
-    res = None if epi.res2 is None else np.ascontiguousarray(epi.res2, dtype=np.float32).reshape(y.shape)
+    act, a0, a1, res = epi.fused(y)
     if w.shape[2:] == (1, 1) and not any(pb) and tuple(strides) != (1, 1):
         # strided 1x1: only every s-th row and column is read; gather them instead of packing all
         # stride phases
         OH, OW = y.shape[2:]
         x = x[:, :, :(OH - 1) * strides[0] + 1:strides[0], :(OW - 1) * strides[1] + 1:strides[1]]
         strides = (1, 1)
+    # the bias as given (not epi.bias, a new view per call): it is packed with the weights, cached
+    # per (weight, bias) pair
     done = direct.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w), y, g, strides, dilations, pb,
-                         bias, res, act or 0, a0, a1)
-    if done and act is None:
-        apply_activation(y, epi.act, epi.params)
+                         epi.b, res, act or 0, a0, a1)
+    if done:
+        epi.finish(y, act)
     return done
 
 
@@ -362,16 +376,13 @@ def _conv_depthwise_jit(x, w, y, strides, dilations, pb, k, epi):
     Relu / Clip / LeakyRelu fused into its store (another activation runs after, in place).
     False when the compiled kernels are unavailable (the numpy path runs instead)."""
     N, M = y.shape[:2]
-    dt = y.dtype
-    act = jit.ACT_CODES.get(epi.act)
-    p0, p1 = jit.act_params(epi.act, epi.params)
-    res = None if epi.res2 is None else np.ascontiguousarray(epi.res2, dtype=dt).reshape(y.shape)
+    act, p0, p1, res = epi.fused(y)
     done = jit.window2d(np.ascontiguousarray(x), y, k=k, strides=strides, dilations=dilations, pb=pb,
                         mode=jit.MODE_CONV, weights=np.ascontiguousarray(w.reshape(M, -1)),
                         bias=None if epi.bias is None else np.ascontiguousarray(epi.bias.reshape(M)),
                         residual=res, act=act or 0, p0=p0, p1=p1, mult=M // x.shape[1])
-    if done and act is None:
-        apply_activation(y, epi.act, epi.params)
+    if done:
+        epi.finish(y, act)
     return done
 
 
