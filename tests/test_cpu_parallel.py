@@ -117,6 +117,7 @@ from onnx import TensorProto, helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 from hetero.devices.cpu.kernels import conv as CV  # noqa: E402
+from hetero.devices.cpu.kernels import direct as DI  # noqa: E402
 from hetero.devices.cpu.kernels import elementwise as EW  # noqa: E402
 from hetero.devices.cpu.kernels import jit as JIT  # noqa: E402
 from hetero.devices.cpu.kernels import nn as NN  # noqa: E402
@@ -167,11 +168,18 @@ CONV_PATHS = {
     "im2col row bands": ((2, 3, 20, 18), (4, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 1]}),
     "shifted GEMM": ((2, 16, 8, 7), (4, 16, 3, 3), {"pads": [1, 1, 1, 1]}),
     "winograd bands": ((2, 32, 20, 14), (32, 32, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "direct kernel": ((2, 5, 9, 11), (13, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
 }
 
 
 @pytest.mark.parametrize("path", sorted(CONV_PATHS))
-def test_conv_paths_split_over_threads_match_reference(split_everything, path):
+def test_conv_paths_split_over_threads_match_reference(split_everything, path, monkeypatch):
+    if path == "direct kernel":
+        if DI.engine() is None:
+            pytest.skip("direct kernel unavailable (no llvmlite, or HETERO_JIT=0)")
+        monkeypatch.setattr(DI, "MIN_PARALLEL_MACS", 0)
+    else:  # the BLAS / numba paths named by the case
+        monkeypatch.setenv("HETERO_DIRECT", "0")
     xs, ws, attrs = CONV_PATHS[path]
     x, w, b = _rand(*xs), _rand(*ws, seed=1) / 4, _rand(ws[0], seed=2)
     want = _ref("Conv", [x, w, b], kernel_shape=list(ws[2:]), **attrs)

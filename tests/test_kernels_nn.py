@@ -89,7 +89,8 @@ def test_conv_matches_reference(xs, ws, attrs):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_conv_im2col_chunking_and_winograd_paths():
+def test_conv_im2col_chunking_and_winograd_paths(monkeypatch):
+    monkeypatch.setenv("HETERO_DIRECT", "0")  # the BLAS paths (the direct kernel: test_cpu_direct.py)
     # big enough for the Winograd path (3x3, stride 1, >= 32 channels, >= 14x14) and for
     # several im2col chunks; compared with a direct tap-sum convolution
     x = rand(2, 40, 17, 15)
@@ -116,7 +117,8 @@ def test_conv_im2col_chunking_and_winograd_paths():
     ((1, 20, 7, 6), (6, 20, 3, 2), [0, 2, 1, 0], [2, 1]),      # asymmetric pads, dilation, 3x2 kernel
     ((1, 16, 5, 5), (4, 16, 5, 5), [0, 0, 0, 0], [1, 1]),      # no padding: x itself plus slack
 ])
-def test_conv_shifted_gemm_path(shape, wshape, pads, dil):
+def test_conv_shifted_gemm_path(shape, wshape, pads, dil, monkeypatch):
+    monkeypatch.setenv("HETERO_DIRECT", "0")  # the BLAS path (the direct kernel: test_cpu_direct.py)
     # "GEMM first, shift after" (fewer outputs than inputs, stride 1): exact structure of the
     # dispatch and the numerics against the direct tap sum, with the FusedConv epilogue and _out
     x, w, b = rand(*shape), (rand(*wshape) / 10).astype(np.float32), rand(wshape[0])
