@@ -4,8 +4,9 @@ DeformConv, Col2Im and the ``hetero`` domain's FusedConv.
 How a float Conv runs (NCHW, float32 throughout):
 
 * 2-D float32 convs other than depthwise, grouped 1x1, 1x1 on >= DIRECT_MAX_1X1_CHANNELS
-  channels and wide 3x3 layers on large maps (``_winograd_wins``): the direct kernel of ``direct.py`` (LLVM IR, registers-blocked, epilogue fused); the
-  paths below run where it is unavailable (no llvmlite, ``HETERO_DIRECT=0``) or does not apply.
+  channels and wide 3x3 layers on large maps (``_use_direct``): the direct kernel of ``direct.py``
+  (LLVM IR, register-blocked, epilogue fused); the paths below run where it is unavailable (no
+  llvmlite, ``HETERO_DIRECT=0``) or does not apply.
 * 1x1 kernels without padding: a plain GEMM ``W (M, C) @ X (C, H*W)`` on the (strided-sliced) input;
   grouped ones as one batched matmul over groups.
 * depthwise (``group == C``, one input channel per group): 2-D ones through the compiled tap loop
@@ -268,7 +269,7 @@ def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype, *, y=No
         y[...] = 0
         for n in range(N):
             epi(n, 0, M, 0, P)
-    elif (nsp == 2 and _use_direct(Cg, g, K, pb, pe) and not _winograd_wins(x, w, g, strides, dilations, out_sp, k)
+    elif (_use_direct(x, w, g, strides, dilations, pb, pe, out_sp, k)
           and _conv_direct(x, w, y, g, strides, dilations, pb, epi)):
         pass
     elif K == 1 and not any(pb) and not any(pe):
@@ -330,25 +331,23 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P, epi):
 DIRECT_MAX_1X1_CHANNELS = 256
 
 
-def _use_direct(Cg, g, K, pb, pe):
-    """Which convs the direct kernel takes: every one but depthwise (``jit.window2d``), grouped 1x1
-    (one batched GEMM over the groups is faster than a kernel call per group) and unpadded 1x1
-    on many channels (plain BLAS GEMM territory)."""
-    if Cg == 1 and g > 1:
+def _use_direct(x, w, g, strides, dilations, pb, pe, out_sp, k):
+    """Which convs the direct kernel takes: every 2-D one but
+    * depthwise (``jit.window2d``);
+    * grouped 1x1 (one batched GEMM over the groups is faster than a kernel call per group) and
+      unpadded 1x1 on many channels (plain BLAS GEMM territory);
+    * wide 3x3 layers over large maps, where Winograd's 2.25x fewer multiply-adds win: the direct
+      kernel's per-tile input window (every channel's rows) no longer stays in cache. Measured on
+      VGG-19, 2 threads: 256 -> 256 on 56x56, Winograd 18 ms, direct 26 ms; 512 -> 512 on 28x28,
+      19 vs 31 ms; but 512 -> 512 on 14x14, 11 vs 7.8 ms, and 64 -> 192 on 56x56 (few channels),
+      7.7 vs 6.5 ms on one thread."""
+    Cg = w.shape[1]
+    if len(k) != 2 or (Cg == 1 and g > 1):
         return False
-    if K == 1 and not any(pb) and not any(pe):
+    if k == (1, 1) and not any(pb) and not any(pe):
         return g == 1 and Cg < DIRECT_MAX_1X1_CHANNELS
-    return True
-
-
-def _winograd_wins(x, w, g, strides, dilations, out_sp, k):
-    """Winograd's 2.25x fewer multiply-adds beat the direct kernel on wide 3x3 layers over large
-    maps, where the direct kernel's per-tile input window (every channel's rows) no longer stays
-    in cache. Measured on VGG-19, 2 threads: 256 -> 256 on 56x56, Winograd 18 ms, direct 26 ms;
-    512 -> 512 on 28x28, 19 vs 31 ms; but 512 -> 512 on 14x14, 11 vs 7.8 ms, and 64 -> 192 on
-    56x56 (few channels), 7.7 vs 6.5 ms on one thread."""
-    return (_use_winograd(x, w, g, strides, dilations, out_sp, k) and min(w.shape[:2]) >= _WINO_OVER_DIRECT_CHANNELS
-            and min(out_sp) >= _WINO_OVER_DIRECT_SIZE)
+    return not (_use_winograd(x, w, g, strides, dilations, out_sp, k)
+                and min(w.shape[:2]) >= _WINO_OVER_DIRECT_CHANNELS and min(out_sp) >= _WINO_OVER_DIRECT_SIZE)
 
 
 _WINO_OVER_DIRECT_CHANNELS = 128

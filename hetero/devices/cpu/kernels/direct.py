@@ -44,6 +44,7 @@ import threading
 import numpy as np
 
 from . import jit, parallel
+from .nn import per_weight
 
 _lock = threading.RLock()  # engine() compiles its first variant while holding it
 _state: dict = {}
@@ -76,6 +77,7 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
     [p0, p1), L, M (rows stored), and the addresses of ``offs`` (i64 per pair), ``mask`` (i32 per
     wide position) and ``dst`` (i64 per vector), in that order (``PRM``). Passing them in one array
     keeps the ctypes call at eight arguments (each costs a conversion in Python).
+
     Tiles of wide positions [p0, p1) (p0 a multiple of TILE) times channel blocks [mb0, mb1). Input
     loads of a tile reaching past L are masked, so the kernel never reads beyond the wide run.
     ``crop``: store through ``mask`` (i32 per wide position, 0 for garbage) and ``dst`` (per
@@ -288,8 +290,6 @@ def _packed(w, bias, g, MR):
     """(wp, its address, bias, its address): w (M, Cg, kh, kw) packed to (g, blocks, Cg*kh*kw, MR)
     float32, block b holding output channels b*MR .. b*MR + MR - 1 of its group, (channel, tap)
     major, zero rows past the group's end; cached per (weight, bias) pair (``nn.per_weight``)."""
-    from .nn import per_weight
-
     def make():
         M = w.shape[0]
         Mg, J = M // g, int(np.prod(w.shape[1:]))
@@ -385,7 +385,7 @@ def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> b
     eng = engine()
     if eng is None or min(pb) < 0:
         return False
-    work = y.size * w[0].size
+    work = y.size * (w.size // w.shape[0])
     T = parallel.threads() if work >= MIN_PARALLEL_MACS else 1
     plan = _plan(eng, x, w, g, strides, dilations, pb, y, T)
     if plan.pack:
