@@ -24,8 +24,9 @@ def _isolate_device_settings():
 
 @pytest.fixture
 def pool_task_counts(monkeypatch):
-    """The CPU kernel pool on two threads, its ``run`` spied on: returns the list of task counts
-    each ``run`` call was given (so a test can assert a kernel really split its work)."""
+    """The CPU kernel pool on two threads, its ``run`` and ``run_native`` spied on: returns the list
+    of task (unit) counts each call ran on the pool (so a test can assert a kernel really split its
+    work)."""
     from hetero.devices.cpu.kernels import parallel
 
     monkeypatch.setattr(parallel, "THREADS", 2)
@@ -37,4 +38,12 @@ def pool_task_counts(monkeypatch):
         calls.append(len(tasks))
         return real(tasks)
     monkeypatch.setattr(parallel, "run", spy)
+    real_native = parallel.run_native
+
+    def spy_native(fn_at, base, stride, n, *rest):
+        ran = real_native(fn_at, base, stride, n, *rest)
+        if ran:
+            calls.append(n)
+        return ran
+    monkeypatch.setattr(parallel, "run_native", spy_native)
     return calls

@@ -239,3 +239,108 @@ def test_lrn_in_row_blocks_over_threads_matches_reference(split_everything, monk
     # the spec's formula (onnx.reference's LRN is only right when N == C, see op_cases._lrn_ref)
     np.testing.assert_allclose(got, _lrn_ref(x, size, 0.02, beta, 1.5)[0], rtol=1e-5, atol=1e-6)
 
+
+
+# ---- the native spin pool (kernels/native.py): compiled unit kernels claimed without the GIL ----
+
+def _tid_kernel():
+    """A compiled unit kernel for the pool: ``row[0] += 1``; ``row[1] = gettid()``; a unit on a
+    thread other than ``hold[0]`` (the caller's tid) sets ``seen[0]``, and a unit on the caller
+    spins (at most ~10^8 pauses) until it is set, so the caller cannot finish the job alone."""
+    from hetero.devices.cpu.kernels import native
+
+    m = native.machine()
+    if m is None or native.spin_pool() is None:
+        pytest.skip("no native spin pool here (needs x86-64 and llvmlite)")
+    import llvmlite.ir as ir
+
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    lp, fp = i64.as_pointer(), f32.as_pointer()
+    mod = ir.Module(name="t")
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [lp, fp, fp, fp, fp, fp, f32, f32]), name="unit")
+    sysc = ir.Function(mod, ir.FunctionType(i64, [i64], var_arg=True), name="syscall")
+    pause = ir.Function(mod, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
+    row, hold_p, seen_p = fn.args[:3]
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    c = lambda v: ir.Constant(i64, v)  # noqa: E731
+    b.store(b.add(b.load(row), c(1)), row)
+    tid = b.call(sysc, [c(186)])  # SYS_gettid on x86-64
+    b.store(tid, b.gep(row, [c(1)]))
+    hold, seen = b.bitcast(hold_p, lp), b.bitcast(seen_p, lp)
+    i = b.alloca(i64)
+    b.store(c(0), i)
+    with b.if_else(b.icmp_signed("==", tid, b.load(hold))) as (mine, other):
+        with mine:
+            head, body, end = fn.append_basic_block(), fn.append_basic_block(), fn.append_basic_block()
+            b.branch(head)
+            b.position_at_end(head)
+            done = b.or_(b.icmp_signed("!=", b.load_atomic(seen, "acquire", 8), c(0)),
+                         b.icmp_signed(">", b.load(i), c(100_000_000)))
+            b.cbranch(done, end, body)
+            b.position_at_end(body)
+            b.call(pause, [])
+            b.store(b.add(b.load(i), c(1)), i)
+            b.branch(head)
+            b.position_at_end(end)
+        with other:
+            b.store_atomic(c(1), seen, "release", 8)
+    b.ret_void()
+    at, = m.compile(str(mod), "unit")
+    return at
+
+
+def _native_job(at, n, hold, seen):
+    rows = np.zeros((n, 2), np.int64)
+    ran = P.run_native(at, rows.ctypes.data, rows.strides[0], n, (hold.ctypes.data, seen.ctypes.data, 0, 0, 0))
+    return ran, rows
+
+
+def test_run_native_every_unit_once_on_two_threads(two_threads):
+    """50 jobs of 64 units, Python jobs in between (they ring the spinning worker's doorbell): every
+    unit of every job ran exactly once, and the worker ran some of them."""
+    import ctypes
+
+    at = _tid_kernel()
+    gettid = ctypes.CDLL(None).syscall
+    hold = np.array([gettid(186)], np.int64)
+    for k in range(50):
+        seen = np.zeros(1, np.int64)
+        ran, rows = _native_job(at, 64, hold, seen)
+        assert ran
+        assert rows[:, 0].tolist() == [1] * 64
+        assert len(set(rows[:, 1].tolist())) == 2 and seen[0] == 1
+        hits = []
+        P.run([lambda: hits.append(1)] * 3)
+        assert hits == [1, 1, 1]
+
+
+def test_run_native_wakes_a_parked_worker(two_threads, monkeypatch):
+    """With a short spin (~50 us) the worker has parked again before each job; the job wakes it."""
+    import ctypes
+    import time
+
+    from hetero.devices.cpu.kernels import native
+
+    at = _tid_kernel()
+    pool = P._get_pool()
+    monkeypatch.setattr(pool, "spin", 100_000)
+    hold = np.array([ctypes.CDLL(None).syscall(186)], np.int64)
+    for _ in range(5):
+        time.sleep(0.02)
+        assert pool.native.block[native.PARK] == 1  # parked
+        seen = np.zeros(1, np.int64)
+        ran, rows = _native_job(at, 4, hold, seen)
+        assert ran and rows[:, 0].tolist() == [1] * 4 and seen[0] == 1
+
+
+def test_run_native_declines_when_it_cannot_help(two_threads):
+    """One thread, one unit, or the pool busy with another stream: False, nothing run (the caller
+    runs its units itself)."""
+    at = _tid_kernel()
+    hold, seen = np.zeros(1, np.int64), np.ones(1, np.int64)
+    with P.limit(1):
+        assert _native_job(at, 8, hold, seen)[0] is False
+    assert _native_job(at, 1, hold, seen)[0] is False
+    with P._get_pool().busy:
+        ran, rows = _native_job(at, 8, hold, seen)
+        assert ran is False and not rows.any()

@@ -158,24 +158,53 @@ class _Job:
 
 
 class _Pool:
-    """THREADS - 1 daemon workers, each blocking on its own mailbox (a C-level SimpleQueue); one
-    user at a time (``busy``). A ``run`` posts its _Job to as many workers as can help and works on
-    it too."""
+    """THREADS - 1 daemon workers, each blocking on its own mailbox (a C-level SimpleQueue) while
+    parked; one user at a time (``busy``). A ``run`` posts its _Job to as many workers as can help
+    and works on it too.
+
+    With a native spin pool (``native.SpinPool``, x86-64 with llvmlite) a worker that finished a job
+    does not park at once: it spins in compiled code, GIL released, for ``native.SPIN_TICKS``,
+    claiming the units of any ``run_native`` job itself; a Python job rings its doorbell to call it
+    back. Only a worker that found nothing for that long parks on its queue again."""
 
     def __init__(self, n: int):
         import queue
 
+        from . import native
+
         self.busy = threading.Lock()
+        self.native = native.spin_pool() if n <= native.MAX_WORKERS else None
+        self.spin = native.SPIN_TICKS
         self.mailboxes = []
         for i in range(n):
             q: queue.SimpleQueue = queue.SimpleQueue()
-            threading.Thread(target=self._work, args=(q,), name=f"hetero-cpu-kernel-{i}", daemon=True).start()
             self.mailboxes.append(q)
+            threading.Thread(target=self._work, args=(i,), name=f"hetero-cpu-kernel-{i}", daemon=True).start()
 
-    @staticmethod
-    def _work(q) -> None:
+    def _work(self, k: int) -> None:
+        import queue
+
+        q, sp = self.mailboxes[k], self.native
         while True:
-            q.get().work()
+            job = q.get()  # parked (a None: a native job's publish found this worker parked)
+            while True:
+                if job is not None:
+                    job.work()
+                if sp is None or sp.worker(sp.at, k, self.spin) == 0:
+                    break  # nothing for a while: parked (the flag in the state block says so)
+                try:  # the doorbell rang: a Python job is (or was) in the queue
+                    job = q.get_nowait()
+                except queue.Empty:
+                    job = None
+
+    def post(self, job, helpers: int) -> None:
+        """Hand the _Job to workers 0..helpers-1: a parked one wakes on its queue, a spinning one
+        is called back by its doorbell."""
+        sp = self.native
+        for k in range(helpers):
+            self.mailboxes[k].put(job)
+            if sp is not None:
+                sp.ring(k)
 
 
 _pool: _Pool | None = None
@@ -221,14 +250,37 @@ def run(tasks) -> None:
         return
     try:
         job = _Job(tasks)
-        for q in pool.mailboxes[:min(width, len(tasks)) - 1]:
-            q.put(job)
+        pool.post(job, min(width, len(tasks)) - 1)
         job.work()
         job.done.acquire()  # the last task's finisher released it (maybe this thread)
         if job.error is not None:
             raise job.error
     finally:
         pool.busy.release()
+
+
+def run_native(fn_at: int, base: int, stride: int, n: int, ptrs, a0: float = 0.0, a1: float = 0.0) -> bool:
+    """Run a compiled unit kernel (``native`` module doc: ``fn(row, p1..p5, a0, a1)``, unit i's row at
+    ``base + i * stride``) over n units on the calling thread and the spinning pool workers, without
+    the GIL. False, nothing run, when that cannot help (one thread or unit, the pool busy with
+    another stream, or no native pool): the caller then runs the units itself."""
+    width = threads()
+    if n <= 1 or width <= 1:
+        return False
+    pool = _get_pool()
+    if pool is None or pool.native is None or not pool.busy.acquire(blocking=False):
+        return False
+    try:
+        helpers = min(width, n) - 1
+        sp = pool.native
+        parked = sp.publish(sp.at, fn_at, base, stride, n, helpers, *ptrs, a0, a1)
+        for k in range(helpers):
+            if parked >> k & 1:
+                pool.mailboxes[k].put(None)
+        sp.finish(sp.at)
+    finally:
+        pool.busy.release()
+    return True
 
 
 def split(n: int, parts: int | None = None) -> list[tuple[int, int]]:
