@@ -39,7 +39,7 @@ CASES = [
     ((1, 16, 23, 23), (64, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1),   # wide output cropped
     ((2, 5, 7, 6), (13, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1),      # M not a multiple of MR, N = 2
     ((1, 3, 9, 11), (7, 1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1),      # 1x1 on the input itself
-    ((1, 64, 17, 17), (20, 1, 1), (2, 2), (1, 1), (0, 0, 0, 0), 1),   # strided 1x1: gathered
+    ((1, 64, 17, 17), (20, 1, 1), (2, 2), (1, 1), (0, 0, 0, 0), 1),   # strided 1x1: one phase packed
     ((1, 8, 12, 10), (12, 3, 3), (2, 2), (1, 1), (1, 1, 1, 1), 2),    # stride phases, groups
     ((1, 6, 15, 15), (9, 5, 5), (2, 3), (1, 1), (2, 1, 0, 2), 3),     # asymmetric pads
     ((1, 4, 14, 13), (6, 3, 3), (1, 1), (2, 2), (2, 2, 2, 2), 1),     # dilation
@@ -48,12 +48,20 @@ CASES = [
     ((1, 7, 8, 8), (5, 2, 3), (3, 1), (1, 1), (0, 0, 0, 0), 1),       # no padding, odd kernel
     ((1, 5, 1, 1), (3, 1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1),       # one pixel
     ((1, 6, 2, 3), (4, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1),       # plane smaller than a vector
+    ((1, 3, 5, 70), (4, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1),      # copy: vectors and a tail
+    ((1, 2, 7, 75), (3, 3, 3), (2, 2), (1, 1), (1, 1, 1, 1), 1),      # copy, stride 2: vectors, tail
+    ((1, 3, 9, 66), (2, 1, 1), (2, 2), (1, 1), (0, 0, 0, 0), 1),      # stride-2 copy, even width
+    ((2, 24, 10, 9), (24, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 24),   # depthwise, one row per block
+    ((1, 40, 13, 38), (40, 3, 3), (2, 2), (1, 1), (1, 1, 1, 1), 40),  # depthwise, stride 2
+    ((1, 8, 6, 7), (24, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 8),      # depthwise, multiplier 3
+    ((1, 24, 11, 11), (112, 1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 4),  # grouped 1x1
 ]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("xs,ks,s,d,p,g", CASES)
-def test_conv_matches_reference(path, xs, ks, s, d, p, g, threads):
+def test_conv_matches_reference(path, xs, ks, s, d, p, g, threads, monkeypatch):
+    monkeypatch.setattr(DI, "MIN_PARALLEL_MACS", 0)  # two threads: units really cut, even when small
     M, kh, kw = ks
     x, w, b = _rand(xs, 1), _rand((M, xs[1] // g, kh, kw), 2), _rand((M,), 3)
     attrs = dict(group=g, kernel_shape=[kh, kw], strides=list(s), dilations=list(d), pads=list(p))
@@ -107,6 +115,22 @@ def test_tables_match_traced_example():
     assert dst.tolist() == [int(mask[:v].sum()) for v in range(0, mask.size, eng.VW)]
     row = dict(zip(DI.PRM, plan.prm[0].tolist()))
     assert (row["J"], row["L"], row["M"], row["ldy"], row["p0"], row["p1"]) == (18, 24, 3, 16, 0, eng.TILE)
+
+
+def test_groups_cut_into_units():
+    """Depthwise, 24 channels, 2 images, 2 threads: 4 units, each image's channels cut in two, each
+    unit running 12 groups of one channel (MR = 1), the offsets stepping one plane per group."""
+    eng = DI.engine()
+    if eng is None:
+        pytest.skip(f"direct kernel unavailable: {DI._state.get('why', 'HETERO_JIT=0')}")
+    plan = DI._Plan(eng, (2, 24, 10, 9), (24, 1, 3, 3), 24, (1, 1), (1, 1), (1, 1), (2, 24, 10, 9), 2)
+    rows = [dict(zip(DI.PRM, r)) for r in plan.prm.tolist()]
+    assert plan.MR == 1 and len(rows) == 4
+    assert [r["ng"] for r in rows] == [12] * 4
+    assert [r["y"] for r in rows] == [0, 12 * 90, 24 * 90, 36 * 90]  # (n * M + g0 * Mg) * OH * OW
+    assert [r["w"] for r in rows] == [0, 12 * 9, 0, 12 * 9]          # g0 * blocks * J * MR
+    assert [r["bias"] for r in rows] == [0, 12, 0, 12]
+    assert (rows[0]["xg"], rows[0]["wg"], rows[0]["yg"], rows[0]["bg"]) == (plan.S, 9, 90, 1)
 
 
 def test_disabled_by_environment(monkeypatch):

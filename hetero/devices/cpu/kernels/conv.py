@@ -3,10 +3,10 @@ DeformConv, Col2Im and the ``hetero`` domain's FusedConv.
 
 How a float Conv runs (NCHW, float32 throughout):
 
-* 2-D float32 convs other than depthwise, grouped 1x1, 1x1 on >= DIRECT_MAX_1X1_CHANNELS
-  channels and wide 3x3 layers on large maps (``_use_direct``): the direct kernel of ``direct.py``
-  (LLVM IR, register-blocked, epilogue fused); the paths below run where it is unavailable (no
-  llvmlite, ``HETERO_DIRECT=0``) or does not apply.
+* 2-D float32 convs (depthwise and grouped included) other than 1x1 on >=
+  DIRECT_MAX_1X1_CHANNELS channels and wide 3x3 layers on large maps (``_use_direct``): the direct
+  kernel of ``direct.py`` (LLVM IR, register-blocked, epilogue fused); the paths below run where
+  it is unavailable (no llvmlite, ``HETERO_DIRECT=0``) or does not apply.
 * 1x1 kernels without padding: a plain GEMM ``W (M, C) @ X (C, H*W)`` on the (strided-sliced) input;
   grouped ones as one batched matmul over groups.
 * depthwise (``group == C``, one input channel per group): 2-D ones through the compiled tap loop
@@ -332,20 +332,21 @@ DIRECT_MAX_1X1_CHANNELS = 256
 
 
 def _use_direct(x, w, g, strides, dilations, pb, pe, out_sp, k):
-    """Which convs the direct kernel takes: every 2-D one but
-    * depthwise (``jit.window2d``);
-    * grouped 1x1 (one batched GEMM over the groups is faster than a kernel call per group) and
-      unpadded 1x1 on many channels (plain BLAS GEMM territory);
+    """Which convs the direct kernel takes: every 2-D one (depthwise and grouped too: a unit of
+    work runs many groups, measured on ShuffleNet's shapes, one thread: depthwise 136 x 28x28
+    0.18 -> 0.11 ms, 544 x 7x7 0.30 -> 0.09 ms; grouped 1x1 24 -> 112 on 56x56 in 4 groups
+    0.22 -> 0.10 ms) but
+    * unpadded 1x1 on many channels (plain BLAS GEMM territory);
     * wide 3x3 layers over large maps, where Winograd's 2.25x fewer multiply-adds win: the direct
       kernel's per-tile input window (every channel's rows) no longer stays in cache. Measured on
       VGG-19, 2 threads: 256 -> 256 on 56x56, Winograd 18 ms, direct 26 ms; 512 -> 512 on 28x28,
       19 vs 31 ms; but 512 -> 512 on 14x14, 11 vs 7.8 ms, and 64 -> 192 on 56x56 (few channels),
       7.7 vs 6.5 ms on one thread."""
     Cg = w.shape[1]
-    if len(k) != 2 or (Cg == 1 and g > 1):
+    if len(k) != 2:
         return False
     if k == (1, 1) and not any(pb) and not any(pe):
-        return g == 1 and Cg < DIRECT_MAX_1X1_CHANNELS
+        return Cg < DIRECT_MAX_1X1_CHANNELS
     return not (_use_winograd(x, w, g, strides, dilations, out_sp, k)
                 and min(w.shape[:2]) >= _WINO_OVER_DIRECT_CHANNELS and min(out_sp) >= _WINO_OVER_DIRECT_SIZE)
 
@@ -361,12 +362,6 @@ def _conv_direct(x, w, y, g, strides, dilations, pb, epi):
     if not (x.dtype == w.dtype == y.dtype == np.float32 and y.flags.c_contiguous):
         return False
     act, a0, a1, res = epi.fused(y)
-    if w.shape[2:] == (1, 1) and not any(pb) and tuple(strides) != (1, 1):
-        # strided 1x1: only every s-th row and column is read; gather them instead of packing all
-        # stride phases
-        OH, OW = y.shape[2:]
-        x = x[:, :, :(OH - 1) * strides[0] + 1:strides[0], :(OW - 1) * strides[1] + 1:strides[1]]
-        strides = (1, 1)
     # the bias as given (not epi.bias, a new view per call): it is packed with the weights, cached
     # per (weight, bias) pair
     done = direct.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w), y, g, strides, dilations, pb,

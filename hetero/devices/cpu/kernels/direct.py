@@ -8,17 +8,21 @@ keep a tile of accumulators in registers (its GEMM loops ran at 7-20 GFLOP/s), b
 with explicit vector values can: each accumulator is an SSA value, each multiply-add one ``fma``.
 Measured on this project's 2-core AVX-512 machine, one thread: 3x3 conv 16 -> 64 channels on 55x55,
 im2col 1.31 ms, direct 0.64 ms; 192 -> 320 on 7x7, im2col 1.35 ms, direct 0.54 ms; 64 -> 192 on
-56x56, Winograd 7.7 ms, direct 6.5 ms. A call runs in C with the GIL released (ctypes), so the
-threads of ``parallel`` really run at once.
+56x56, Winograd 7.7 ms, direct 6.5 ms. The units of a conv run through ``parallel.run_native``:
+claimed by the caller and the pool threads inside compiled code, without the GIL.
 
 How a conv runs (``conv2d``):
 
 1. the input is laid out "wide" (``jit.pack``: each channel's padded plane split into its stride
    phases, so that every kernel tap reads ONE contiguous run of a channel, the output position q
    of the wide output being ``oh * Wq + ow``; for a 1x1 stride-1 unpadded conv that is the input
-   itself). ``offs[c*K + t]`` is where tap t of channel c starts;
+   itself). ``offs[c*K + t]`` is where tap t of channel c starts. Each plan (geometry) keeps its
+   own wide buffer: ``jit.pack`` fills its padding once, and every call copies only the interior,
+   with the compiled copy of ``_build_copy_ir`` (whole vectors; stride 2 deinterleaved by a
+   permute), its channels spread over the threads;
 2. the weights are packed once per weight array into blocks of MR output channels:
-   ``wp[block, c*K + t, r]`` (zero rows pad the last block);
+   ``wp[block, c*K + t, r]`` (zero rows pad the last block), per group; MR is at most the group's
+   output channels (depthwise: 1). A unit of work runs a range of groups one after another;
 3. the kernel, for each tile of TILE = NV * VW consecutive wide positions and each block of MR
    output channels, keeps MR x NV vector accumulators in registers while it walks j over the
    C*K (channel, tap) pairs: NV vector loads of the input at ``offs[j] + q``, MR broadcasts of
@@ -43,7 +47,7 @@ import threading
 
 import numpy as np
 
-from . import jit, parallel
+from . import jit, native, parallel
 from .nn import per_weight
 
 _lock = threading.RLock()  # engine() compiles its first variant while holding it
@@ -64,7 +68,8 @@ def _shape_for(features: str) -> tuple[int, int, int]:
 
 
 #: the integer parameters of one kernel call, in the order of its ``prm`` array
-PRM = ("x", "w", "y", "bias", "J", "ldy", "mb0", "mb1", "p0", "p1", "L", "M", "offs", "mask", "dst")
+PRM = ("x", "w", "y", "bias", "J", "ldy", "mb0", "mb1", "p0", "p1", "L", "M", "offs", "mask", "dst",
+       "ng", "xg", "wg", "yg", "bg")
 
 
 def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: bool) -> str:
@@ -74,9 +79,10 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
 
     ``prm`` holds the call's integers: offsets (in floats) added to x, w, y and res, and to bias;
     J (channel-tap pairs), ldy (output row pitch), the channel blocks [mb0, mb1), the wide positions
-    [p0, p1), L, M (rows stored), and the addresses of ``offs`` (i64 per pair), ``mask`` (i32 per
-    wide position) and ``dst`` (i64 per vector), in that order (``PRM``). Passing them in one array
-    keeps the ctypes call at eight arguments (each costs a conversion in Python).
+    [p0, p1), L, M (rows stored), the addresses of ``offs`` (i64 per pair), ``mask`` (i32 per
+    wide position) and ``dst`` (i64 per vector), then ng groups run one after another, each moving
+    the x, w, y (and res) and bias offsets on by xg, wg, yg and bg, in that order (``PRM``). Passing
+    them in one array keeps the ctypes call at eight arguments (each costs a conversion in Python).
 
     Tiles of wide positions [p0, p1) (p0 a multiple of TILE) times channel blocks [mb0, mb1). Input
     loads of a tile reaching past L are masked, so the kernel never reads beyond the wide run.
@@ -105,10 +111,9 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
     eload = ir.Function(mod, ir.FunctionType(vt, [fp, mt, vt]), name=f"llvm.masked.expandload.{vname}")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
-    xo, wo, yo, bo, J, ldy, mb0, mb1, p0, p1, L, M, ao, am, ad = (
+    xo, wo, yo, bo, J, ldy, mb0, mb1, p0, p1, L, M, ao, am, ad, ng, xg, wg, yg, bg = (
         b.load(b.gep(prm, [c64(i)])) for i in range(len(PRM)))
-    x, w, y, rp = b.gep(x0, [xo]), b.gep(w0, [wo]), b.gep(y0, [yo]), b.gep(r0, [yo])
-    bp = b.gep(b0, [bo])
+    x = w = y = rp = bp = None  # the current group's pointers (set by ``group``)
     offs, maskp, dstp = b.inttoptr(ao, lp), b.inttoptr(am, ip), b.inttoptr(ad, lp)
     zero = ir.Constant(vt, [0.0] * VW)
     iota = ir.Constant(lt, list(range(VW)))
@@ -214,30 +219,132 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
 
         loop(mb0, mb1, 1, block)
 
-    loop(p0, p1, TILE, tile)
+    def group(gi):
+        nonlocal x, w, y, rp, bp
+        yoff = b.add(yo, b.mul(gi, yg))
+        x, w = b.gep(x0, [b.add(xo, b.mul(gi, xg))]), b.gep(w0, [b.add(wo, b.mul(gi, wg))])
+        y, rp, bp = b.gep(y0, [yoff]), b.gep(r0, [yoff]), b.gep(b0, [b.add(bo, b.mul(gi, bg))])
+        loop(p0, p1, TILE, tile)
+
+    loop(c64(0), ng, 1, group)
     b.ret_void()
     return str(mod)
 
 
+#: the integer parameters of one pack-copy call (``_build_copy_ir``), in the order of its row
+COPY_PRM = ("c0", "c1", "nseg", "xc", "qc", "xr", "qr", "segs", "sw")
+
+
+def _build_copy_ir(SW: int, VW: int) -> str:
+    """The IR module of ``copy``, the interior copy of ``jit.pack`` for channels [c0, c1):
+
+    void copy(i64 *row, float *x, float *q, float *, float *, float *, float, float)
+
+    (the unit signature of ``native.SpinPool``). ``row`` holds ``COPY_PRM``: per channel, x moves
+    on by xc and q by qc; each of the nseg segments at ``segs`` (i64 quadruples: offset in q, rows,
+    columns, offset in x) copies ``rows`` rows (x row pitch xr, q row pitch qr) of ``columns``
+    elements, element j of a row reading x at j * SW (SW = 0: at j * sw, from the row). SW 1 and 2
+    copy whole vectors of VW floats (SW 2: two loads and one permute per vector of output), where
+    numpy's strided copy moves one element at a time."""
+    import llvmlite.ir as ir
+
+    f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+    fp, lp = f32.as_pointer(), i64.as_pointer()
+    vt, it, lt = ir.VectorType(f32, VW), ir.VectorType(i32, VW), ir.VectorType(i64, VW)
+    vp, mt = vt.as_pointer(), ir.VectorType(ir.IntType(1), VW)
+    mod = ir.Module(name="hetero_pack")
+    mload = ir.Function(mod, ir.FunctionType(vt, [vp, i32, mt, vt]), name=f"llvm.masked.load.v{VW}f32.p0")
+    mstore = ir.Function(mod, ir.FunctionType(ir.VoidType(), [vt, vp, i32, mt]), name=f"llvm.masked.store.v{VW}f32.p0")
+    zero = ir.Constant(vt, [0.0] * VW)
+    iota = ir.Constant(lt, list(range(VW)))
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [lp, fp, fp, fp, fp, fp, f32, f32]), name="copy")
+    row, x0, q0 = fn.args[:3]
+    x0.add_attribute("noalias")
+    q0.add_attribute("noalias")
+    entry = fn.append_basic_block("entry")
+    b = ir.IRBuilder(entry)
+    c = lambda v: ir.Constant(i64, v)  # noqa: E731
+    c0, c1, nseg, xc, qc, xr, qr, sa, swr = (b.load(b.gep(row, [c(i)])) for i in range(len(COPY_PRM)))
+    segs = b.inttoptr(sa, lp)
+    sw = c(SW) if SW else swr
+
+    def splat(n):
+        v = b.insert_element(ir.Constant(lt, ir.Undefined), n, ir.Constant(i32, 0))
+        return b.shuffle_vector(v, ir.Constant(lt, ir.Undefined), ir.Constant(it, [0] * VW))
+
+    def loop(lo, hi, body):
+        with b.goto_entry_block():
+            i = b.alloca(i64)
+        b.store(lo, i)
+        head, bod, end = fn.append_basic_block(), fn.append_basic_block(), fn.append_basic_block()
+        b.branch(head)
+        b.position_at_end(head)
+        b.cbranch(b.icmp_signed("<", b.load(i), hi), bod, end)
+        b.position_at_end(bod)
+        body(b.load(i))
+        b.store(b.add(b.load(i), c(1)), i)
+        b.branch(head)
+        b.position_at_end(end)
+
+    def channel(ch):
+        def segment(k):
+            qo, rows, cols, xo = (b.load(b.gep(segs, [b.add(b.mul(k, c(4)), c(i))])) for i in range(4))
+            qb = b.gep(q0, [b.add(b.mul(ch, qc), qo)])
+            xb = b.gep(x0, [b.add(b.mul(ch, xc), xo)])
+
+            def line(r):
+                qp, xp = b.gep(qb, [b.mul(r, qr)]), b.gep(xb, [b.mul(r, xr)])
+                j = c(0)
+                if SW:  # whole vectors, leaving at least one element (SW 2 reads 2 * VW - 1 ahead)
+                    nv = b.udiv(b.sub(cols, c(1)), c(VW)) if SW == 2 else b.udiv(cols, c(VW))
+
+                    def vec(v):
+                        at = b.mul(v, c(VW))
+                        lo = b.load(b.bitcast(b.gep(xp, [b.mul(at, c(SW))]), vp), align=4)
+                        if SW == 2:
+                            hi = b.load(b.bitcast(b.gep(xp, [b.add(b.mul(at, c(2)), c(VW))]), vp), align=4)
+                            lo = b.shuffle_vector(lo, hi, ir.Constant(it, list(range(0, 2 * VW, 2))))
+                        b.store(lo, b.bitcast(b.gep(qp, [at]), vp), align=4)
+                    loop(c(0), nv, vec)
+                    # the tail, 1..VW elements (SW 1: 0..VW-1): masked loads and store
+                    at = b.mul(nv, c(VW))
+                    rem = b.sub(cols, at)
+                    lanes = lambda n: b.icmp_signed("<", iota, splat(n))  # noqa: E731
+                    xa = b.bitcast(b.gep(xp, [b.mul(at, c(SW))]), vp)
+                    v = b.call(mload, [xa, ir.Constant(i32, 4), lanes(b.sub(b.mul(rem, c(SW)), c(SW - 1))), zero])
+                    if SW == 2:
+                        hi = b.call(mload, [b.bitcast(b.gep(xp, [b.add(b.mul(at, c(2)), c(VW))]), vp), ir.Constant(i32, 4),
+                                            lanes(b.sub(b.mul(rem, c(2)), c(VW + 1))), zero])
+                        v = b.shuffle_vector(v, hi, ir.Constant(it, list(range(0, 2 * VW, 2))))
+                    b.call(mstore, [v, b.bitcast(b.gep(qp, [at]), vp), ir.Constant(i32, 4), lanes(rem)])
+                else:
+                    loop(c(0), cols, lambda j: b.store(b.load(b.gep(xp, [b.mul(j, sw)])), b.gep(qp, [j])))
+            loop(c(0), rows, line)
+        loop(c(0), nseg, segment)
+
+    loop(c0, c1, channel)
+    b.ret_void()
+    # "no-builtins": LLVM would otherwise turn each short row into a call to memcpy (3808 calls
+    # for 136 channels of 28 rows: 90 us, against 15 us of vector moves)
+    return str(mod).replace(')\n{', ') #0\n{', 1) + '\nattributes #0 = { "no-builtins" }\n'
+
+
+
 class _Engine:
-    """The LLVM target machine for the host and the compiled variants (kept alive here)."""
+    """The compiled variants for the host (``native.machine()``'s target machine keeps their code)."""
 
     def __init__(self):
-        import llvmlite.binding as llvm
-
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        self.llvm = llvm
-        features = llvm.get_host_cpu_features().flatten()
-        self.VW, self.NV, self.MR = _shape_for(features)
+        self.machine = native.machine()
+        if self.machine is None:
+            raise RuntimeError(native._state.get("why", "no LLVM target machine"))
+        self.VW, self.NV, self.MR = _shape_for(self.machine.features)
         self.TILE = self.VW * self.NV
-        target = llvm.Target.from_default_triple()
-        self.tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=3)
-        self.engines: list = []
         self.fns: dict = {}
 
-    def get(self, act: int, bias: bool, res: bool, crop: bool):
-        key = (act, bias, res, crop)
+    def get(self, act: int, bias: bool, res: bool, crop: bool, MR: int):
+        """(ctypes function, its address) of one variant (MR output channels per block, at most
+        ``self.MR``), compiled on first use."""
+        key = (act, bias, res, crop, MR)
         f = self.fns.get(key)
         if f is None:
             with _lock:
@@ -246,18 +353,23 @@ class _Engine:
                     f = self.fns[key] = self._compile(key)
         return f
 
+    def copy(self, SW: int):
+        """(ctypes function, its address) of the pack copy for column stride SW (0: any)."""
+        f = self.fns.get(("copy", SW))
+        if f is None:
+            with _lock:
+                f = self.fns.get(("copy", SW))
+                if f is None:
+                    at, = self.machine.compile(_build_copy_ir(SW, self.VW), "copy")
+                    P, F = ctypes.c_void_p, ctypes.c_float
+                    f = self.fns[("copy", SW)] = ctypes.CFUNCTYPE(None, *([P] * 6 + [F, F]))(at), at
+        return f
+
     def _compile(self, key):
-        llvm = self.llvm
-        mod = llvm.parse_assembly(_build_ir(self.VW, self.NV, self.MR, *key))
-        mod.verify()
-        pb = llvm.create_pass_builder(self.tm, llvm.create_pipeline_tuning_options(speed_level=3))
-        pb.getModulePassManager().run(mod, pb)
-        ee = llvm.create_mcjit_compiler(mod, self.tm)
-        ee.finalize_object()
-        self.engines.append(ee)
+        act, bias, res, crop, MR = key
+        at, = self.machine.compile(_build_ir(self.VW, self.NV, MR, act, bias, res, crop), "conv")
         P, F = ctypes.c_void_p, ctypes.c_float
-        proto = ctypes.CFUNCTYPE(None, *([P] * 6 + [F, F]))
-        return proto(ee.get_function_address("conv"))
+        return ctypes.CFUNCTYPE(None, *([P] * 6 + [F, F]))(at), at
 
 
 def engine() -> _Engine | None:
@@ -275,7 +387,7 @@ def engine() -> _Engine | None:
         if "engine" not in _state:
             try:
                 eng = _Engine()
-                eng.get(1, True, False, True)  # compile one variant now: fail here, not mid-conv
+                eng.get(1, True, False, True, eng.MR)  # compile one variant now: fail here, not mid-conv
                 _state["engine"] = eng
             except Exception as ex:  # noqa: BLE001 - no llvmlite, or it cannot target this CPU
                 _state["engine"] = None
@@ -306,21 +418,23 @@ class _Plan:
     """Everything of a conv that depends only on its geometry: the (channel, tap) offset table, the
     crop tables, and one ``prm`` row per unit of work, built once per thread and geometry."""
 
-    __slots__ = ("pack", "S", "prm", "prm_at", "tables", "crop")
+    __slots__ = ("pack", "S", "MR", "prm", "prm_at", "tables", "crop", "xs", "strides", "T", "Wq", "copy_prm", "buf")
 
     def __init__(self, eng, xs, ws, g, strides, dilations, pb, ys, T):
         N, C, H, W = xs
         M, Cg, kh, kw = ws
+        self.xs, self.strides, self.T, self.copy_prm, self.buf = xs, tuple(strides), T, None, None
         OH, OW = ys[2:]
         Mg = M // g
-        VW, MR, TILE = eng.VW, eng.MR, eng.TILE
+        VW, TILE = eng.VW, eng.TILE
+        self.MR = MR = min(eng.MR, Mg)  # (depthwise: one channel per block, not 1 of 6 rows used)
         self.pack = not ((kh, kw) == (1, 1) and tuple(strides) == (1, 1) and not any(pb) and (OH, OW) == (H, W))
         if self.pack:
             offs, Hq, Wq = jit.plan((OH, OW), (kh, kw), strides, dilations)
             S = strides[0] * strides[1] * Hq * Wq
         else:
             offs, Wq, S = np.zeros(1, np.int64), W, H * W
-        self.S = S
+        self.S, self.Wq = S, Wq
         J = Cg * offs.size
         L = OH * Wq
         Lt = -(-L // TILE) * TILE
@@ -335,14 +449,17 @@ class _Plan:
         self.tables = (table, mask, dst)  # kept alive: prm holds their addresses
         nb = -(-Mg // MR)
         ntiles = Lt // TILE
-        # units (n, group, tile range, block range): about two per thread, claimed by whichever
-        # thread is free; cut the tiles when there are enough of them (each unit then streams the
-        # weights once), else the channel blocks
-        parts = max(1, (2 * T if T > 1 else 1) // (g * N))
+        # units (n, group range, tile range, block range): about two per thread, claimed by
+        # whichever thread is free. Many groups: cut the groups of each image (a unit runs its
+        # groups one after another). Few: cut each group's tiles when there are enough of them
+        # (each unit then streams the weights once), else its channel blocks
+        units = 2 * T if T > 1 else 1
+        gparts = min(g, max(1, units // N))
+        parts = max(1, units // (N * g))
         rows = []
         ldy = OH * OW
         for n in range(N):
-            for gi in range(g):
+            for g0, g1 in parallel.split(g, gparts):
                 if parts == 1:
                     cuts = [(0, ntiles, 0, nb)]
                 elif ntiles >= 2 * parts or ntiles >= nb:
@@ -350,9 +467,10 @@ class _Plan:
                 else:
                     cuts = [(0, ntiles, b0, b1) for b0, b1 in parallel.split(nb, parts)]
                 for t0, t1, b0, b1 in cuts:
-                    rows.append([(n * C + gi * Cg) * S, gi * nb * J * MR, (n * M + gi * Mg) * ldy, gi * Mg,
+                    rows.append([(n * C + g0 * Cg) * S, g0 * nb * J * MR, (n * M + g0 * Mg) * ldy, g0 * Mg,
                                  J, ldy, b0, b1, t0 * TILE, t1 * TILE, L, Mg,
-                                 table.ctypes.data, mask.ctypes.data, dst.ctypes.data])
+                                 table.ctypes.data, mask.ctypes.data, dst.ctypes.data,
+                                 g1 - g0, Cg * S, nb * J * MR, Mg * ldy, Mg])
         self.prm = np.array(rows, np.int64)
         self.prm_at = [self.prm.ctypes.data + i * self.prm.strides[0] for i in range(len(rows))]
         self.crop = Wq != OW
@@ -360,8 +478,10 @@ class _Plan:
 
 _tls = threading.local()
 
+#: a thread's plans are dropped when their wide input buffers hold more than this many bytes
+MAX_PLAN_BYTES = 256 << 20
 #: below this many multiply-adds a direct conv runs on the calling thread only
-MIN_PARALLEL_MACS = 4_000_000
+MIN_PARALLEL_MACS = 500_000
 
 
 def _plan(eng, x, w, g, strides, dilations, pb, y, T) -> _Plan:
@@ -371,10 +491,31 @@ def _plan(eng, x, w, g, strides, dilations, pb, y, T) -> _Plan:
     key = (x.shape, w.shape, g, tuple(strides), tuple(dilations), tuple(pb), y.shape, T)
     p = plans.get(key)
     if p is None:
-        if len(plans) > 512:
+        if len(plans) > 512 or sum(q.buf.nbytes for q in plans.values() if q.buf is not None) > MAX_PLAN_BYTES:
             plans.clear()
         p = plans[key] = _Plan(eng, x.shape, w.shape, g, strides, dilations, pb, y.shape, T)
     return p
+
+
+def _copy(eng, plan, x, flat, segs) -> None:
+    """``jit.pack``'s interior copy of x into ``flat`` through the compiled copy (``_build_copy_ir``),
+    its channels cut across the threads like the conv's units. The segments are the same on every
+    call of a plan (they follow from its geometry): their table and rows are built on the first,
+    later calls pass None."""
+    if plan.copy_prm is None:
+        N, C, H, W = plan.xs
+        sh, sw = plan.strides
+        table = np.array(segs, np.int64).reshape(-1)
+        units = parallel.split(N * C, 2 * plan.T if plan.T > 1 else 1)
+        prm = np.array([[c0, c1, len(segs), H * W, plan.S, W * sh, plan.Wq, table.ctypes.data, sw]
+                        for c0, c1 in units], np.int64)
+        plan.copy_prm = (prm, table, [prm.ctypes.data + i * prm.strides[0] for i in range(len(units))])
+    prm, _, at = plan.copy_prm
+    fn, fn_at = eng.copy(plan.strides[1] if plan.strides[1] in (1, 2) else 0)
+    xa, qa = x.ctypes.data, flat.ctypes.data
+    if not parallel.run_native(fn_at, at[0], prm.strides[0], len(at), (xa, qa, 0, 0, 0)):
+        for a in at:
+            fn(a, xa, qa, 0, 0, 0, 0.0, 0.0)
 
 
 def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> bool:
@@ -389,16 +530,21 @@ def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> b
     T = parallel.threads() if work >= MIN_PARALLEL_MACS else 1
     plan = _plan(eng, x, w, g, strides, dilations, pb, y, T)
     if plan.pack:
-        x = jit.pack(x, w.shape[2:], strides, dilations, pb, y.shape[2:], 0.0)[0]
-    packed = _packed(w, bias, g, eng.MR)  # (held until the calls return: they read its arrays)
+        # the plan's own wide buffer: its padding is written once, each call copies the interior
+        if plan.buf is None:
+            plan.buf = jit.pack(x, w.shape[2:], strides, dilations, pb, y.shape[2:], 0.0,
+                                copy=lambda flat, segs: _copy(eng, plan, x, flat, segs), own=True)[0]
+        else:
+            _copy(eng, plan, x, plan.buf, None)
+        x = plan.buf
+    packed = _packed(w, bias, g, plan.MR)  # (held until the calls return: they read its arrays)
     wa, ba = packed[1], packed[3]
-    fn = eng.get(act, bias is not None, residual is not None, plan.crop)
+    fn, fn_at = eng.get(act, bias is not None, residual is not None, plan.crop, plan.MR)
     xa, ya = x.ctypes.data, y.ctypes.data
     ra = ya if residual is None else residual.ctypes.data
-    at = plan.prm_at
-    if len(at) == 1:
-        fn(at[0], xa, wa, ya, ba, ra, a0, a1)
-        return True
     # x (maybe the pack workspace), y and residual outlive the calls: this frame holds them
-    parallel.each(at, lambda pa: fn(pa, xa, wa, ya, ba, ra, a0, a1))
+    if not parallel.run_native(fn_at, plan.prm_at[0], plan.prm.strides[0], len(plan.prm_at),
+                               (xa, wa, ya, ba, ra), a0, a1):
+        for pa in plan.prm_at:
+            fn(pa, xa, wa, ya, ba, ra, a0, a1)
     return True

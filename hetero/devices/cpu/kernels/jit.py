@@ -475,11 +475,19 @@ def _span(pad, a, step, n_in, n_out):
     return lo, hi, lo * step + a - pad
 
 
-def pack(x, k, strides, dilations, pb, out_hw, padval):
+def pack(x, k, strides, dilations, pb, out_hw, padval, copy=None, own=False):
     """Step 1 of the module doc for all of x (N, C, H, W) at once, in numpy bulk copies: returns
     (xq, S, offs, Wq) where xq is a flat workspace holding, for image n and channel c at
     (n*C + c)*S, the sh*sw phase planes (Hq, Wq) of the padded plane, followed by enough slack
-    (``padval``) that every tap's wide run stays inside the buffer."""
+    (``padval``) that every tap's wide run stays inside the buffer. Only the phases some tap reads
+    are written (a strided 1x1 conv reads one of its sh*sw).
+
+    ``copy(flat, segs)``, when given, copies the interior instead of numpy: ``segs`` lists per
+    phase (offset in a channel's block, rows, columns, offset of its first input element in a
+    channel's plane); row r of a phase reads input row h0 + r*sh, column j input column w0 + j*sw
+    (``direct``'s compiled copy, parallel, and vectorised where numpy's strided copies are not).
+    ``own``: pack into a new array instead of the thread's workspace (its padding then stays put
+    for a caller that keeps it and later rewrites only the interior)."""
     from .conv import workspace
 
     N, C, H, W = x.shape
@@ -488,17 +496,22 @@ def pack(x, k, strides, dilations, pb, out_hw, padval):
     S = sh * sw * Hq * Wq
     total = N * C * S
     slack = max(0, int(offs.max()) + out_hw[0] * Wq - S)
-    flat = workspace("jit_pack", total + slack, x.dtype)
+    flat = np.empty(total + slack, x.dtype) if own else workspace("jit_pack", total + slack, x.dtype)
     # the padding is where the last pack of this same layout into this same buffer left it (the
     # buffer is this thread's): then only the interior is copied
-    key = (flat.ctypes.data, x.shape, x.dtype.str, tuple(strides), Hq, Wq, tuple(pb), float(padval), slack)
-    fill = getattr(_tls, "pack_key", None) != key
+    key = None if own else (flat.ctypes.data, x.shape, x.dtype.str, tuple(strides), Hq, Wq, tuple(pb),
+                            float(padval), slack, tuple(k), tuple(dilations))
+    fill = own or getattr(_tls, "pack_key", None) != key
     if slack and fill:
         flat[total:] = padval
     q = flat[:total].reshape(N, C, sh, sw, Hq, Wq)
+    used = {(i * dilations[0] % sh, j * dilations[1] % sw) for i in range(k[0]) for j in range(k[1])}
+    segs = []
     for a in range(sh):
         r0, r1, h0 = _span(pb[0], a, sh, H, Hq)
         for b in range(sw):
+            if (a, b) not in used:
+                continue
             s0, s1, w0 = _span(pb[1], b, sw, W, Wq)
             ph = q[:, :, a, b]
             if r1 <= r0 or s1 <= s0:
@@ -510,8 +523,14 @@ def pack(x, k, strides, dilations, pb, out_hw, padval):
                 ph[:, :, r1:] = padval
                 ph[:, :, r0:r1, :s0] = padval
                 ph[:, :, r0:r1, s1:] = padval
-            ph[:, :, r0:r1, s0:s1] = x[:, :, h0:h0 + (r1 - r0 - 1) * sh + 1:sh, w0:w0 + (s1 - s0 - 1) * sw + 1:sw]
-    _tls.pack_key = key
+            if copy is None:
+                ph[:, :, r0:r1, s0:s1] = x[:, :, h0:h0 + (r1 - r0 - 1) * sh + 1:sh, w0:w0 + (s1 - s0 - 1) * sw + 1:sw]
+            else:
+                segs.append(((a * sw + b) * Hq * Wq + r0 * Wq + s0, r1 - r0, s1 - s0, h0 * W + w0))
+    if segs:
+        copy(flat, segs)
+    if not own:
+        _tls.pack_key = key
     return flat, S, offs, Wq
 
 
