@@ -342,34 +342,25 @@ class _Engine:
         self.fns: dict = {}
 
     def get(self, act: int, bias: bool, res: bool, crop: bool, MR: int):
-        """(ctypes function, its address) of one variant (MR output channels per block, at most
+        """(ctypes function, its address) of one conv variant (MR output channels per block, at most
         ``self.MR``), compiled on first use."""
-        key = (act, bias, res, crop, MR)
+        return self._variant(("conv", act, bias, res, crop, MR),
+                             lambda: _build_ir(self.VW, self.NV, MR, act, bias, res, crop), "conv")
+
+    def copy(self, SW: int):
+        """(ctypes function, its address) of the pack copy for column stride SW (0: any)."""
+        return self._variant(("copy", SW), lambda: _build_copy_ir(SW, self.VW), "copy")
+
+    def _variant(self, key, build, name):
         f = self.fns.get(key)
         if f is None:
             with _lock:
                 f = self.fns.get(key)
                 if f is None:
-                    f = self.fns[key] = self._compile(key)
-        return f
-
-    def copy(self, SW: int):
-        """(ctypes function, its address) of the pack copy for column stride SW (0: any)."""
-        f = self.fns.get(("copy", SW))
-        if f is None:
-            with _lock:
-                f = self.fns.get(("copy", SW))
-                if f is None:
-                    at, = self.machine.compile(_build_copy_ir(SW, self.VW), "copy")
+                    at, = self.machine.compile(build(), name)
                     P, F = ctypes.c_void_p, ctypes.c_float
-                    f = self.fns[("copy", SW)] = ctypes.CFUNCTYPE(None, *([P] * 6 + [F, F]))(at), at
+                    f = self.fns[key] = ctypes.CFUNCTYPE(None, *([P] * 6 + [F, F]))(at), at
         return f
-
-    def _compile(self, key):
-        act, bias, res, crop, MR = key
-        at, = self.machine.compile(_build_ir(self.VW, self.NV, MR, act, bias, res, crop), "conv")
-        P, F = ctypes.c_void_p, ctypes.c_float
-        return ctypes.CFUNCTYPE(None, *([P] * 6 + [F, F]))(at), at
 
 
 def engine() -> _Engine | None:

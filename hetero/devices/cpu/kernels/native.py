@@ -21,25 +21,31 @@ word      meaning
 16..27    the job: kernel address, unit-row base and stride, units, five addresses, two floats,
           helper slots left
 32 + 8k   worker k's doorbell: set by Python to call the worker back to Python (a Python job)
+160 + 8k  worker k's park flag: 1 while it is (about to be) blocked on its queue
 ========  ==================================================================================
 
 A unit kernel has the direct conv's signature, ``void f(i64 *row, float *p1, ..., float *p5,
 float a0, float a1)``; unit i gets ``row = base + i * stride``.
 
-1. ``run`` (the caller, GIL released): close the ticket (seq + 1, next = all ones), write the job,
-   reset done, publish ``seq << 32`` (release), claim units until none is left, then spin until
-   done == units. Closing first makes a claim that raced with the rewrite fail its CAS: a worker
-   that read the old ticket can never claim against the new job's fields.
-2. ``work`` (both sides): load the ticket (acquire); stop when its seq is not this job's or next >=
+1. ``publish`` (the caller, GIL released): close the ticket (seq + 1, next = all ones), write the
+   job, reset done, publish ``seq << 32`` (seq_cst), then take (exchange with 0) the park flags of
+   the helpers it may use and return them: the caller wakes those threads on their queues. Closing
+   first makes a claim that raced with the rewrite fail its CAS: a worker that read the old ticket
+   can never claim against the new job's fields.
+2. ``finish`` (the caller): claim units until none is left, then spin until done == units.
+3. ``work`` (both sides): load the ticket (acquire); stop when its seq is not this job's or next >=
    units; CAS ticket -> ticket + 1 and, on success, call the kernel on unit next, then add 1 to
    done (release).
-3. ``worker`` (a pool thread, GIL released): spin reading the ticket; on a new published seq take a
-   helper slot (``slots`` - 1, so at most the caller's thread limit take part) and ``work`` it; return
-   1 when its doorbell rings (a Python job waits), or 0 when no job came for ``spin`` TSC ticks (the
-   thread then parks on its queue and ``run``'s Python side wakes it).
+4. ``worker`` (a pool thread, GIL released): clear its park flag, spin reading the ticket; on a new
+   published seq take a helper slot (``slots`` - 1, so at most the caller's thread limit take
+   part) and ``work`` it; return 1 when its doorbell rings (a Python job waits). After ``spin`` TSC
+   ticks without a job it parks: raise the flag, look at the ticket once more (seq_cst, against
+   publish's store-then-exchange: either it sees the new job, or publish sees the flag), and
+   return 0 unless it could take the flag back to serve a job that came meanwhile; the thread
+   then blocks on its queue until publish's caller or a Python job wakes it.
 
-Traced example, 4 units, 1 helper: the caller publishes seq 7 (ticket 7<<32), CASes to 7<<32|1 and
-runs unit 0; the worker sees seq 7, takes the slot, CASes to |2 and runs unit 1; whichever is free
+Traced example, 4 units, 1 helper: the caller publishes seq 7 (ticket 7<<32), finds the worker
+spinning (flag 0, no wake-up), CASes to 7<<32|1 and runs unit 0; the worker sees seq 7, takes the slot, CASes to |2 and runs unit 1; whichever is free
 first takes units 2 and 3; the caller, out of units, spins until done = 4.
 
 x86-64 only (``pause`` and ``rdtsc``); elsewhere ``spin_pool`` is None and the kernels use
