@@ -88,8 +88,7 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
     loads of a tile reaching past L are masked, so the kernel never reads beyond the wide run.
     ``crop``: store through ``mask`` (i32 per wide position, 0 for garbage) and ``dst`` (per
     vector: its first valid lane's index in the real output) with compressstore / expandload;
-    otherwise position q is stored at q (lanes past L masked). Loop variables live in allocas that
-    LLVM's mem2reg turns into registers."""
+    otherwise position q is stored at q (lanes past L masked). Loops: ``native.ir_loop``."""
     import llvmlite.ir as ir
 
     f32, i64, i32, i1 = ir.FloatType(), ir.IntType(64), ir.IntType(32), ir.IntType(1)
@@ -119,25 +118,10 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
     iota = ir.Constant(lt, list(range(VW)))
 
     def splat(s, ty=vt):
-        v = b.insert_element(ir.Constant(ty, ir.Undefined), s, ir.Constant(i32, 0))
-        return b.shuffle_vector(v, ir.Constant(ty, ir.Undefined), ir.Constant(it, [0] * VW))
-
-    def var(ty, init):
-        p = b.alloca(ty)
-        b.store(init, p)
-        return p
+        return native.ir_splat(b, s, ty)
 
     def loop(lo, hi, step, body):
-        i = var(i64, lo)
-        head, bod, end = fn.append_basic_block(), fn.append_basic_block(), fn.append_basic_block()
-        b.branch(head)
-        b.position_at_end(head)
-        b.cbranch(b.icmp_signed("<", b.load(i), hi), bod, end)
-        b.position_at_end(bod)
-        body(b.load(i))
-        b.store(b.add(b.load(i), c64(step)), i)
-        b.branch(head)
-        b.position_at_end(end)
+        native.ir_loop(b, lo, hi, body, step)
 
     accs = [[b.alloca(vt) for _ in range(NV)] for _ in range(MR)]
     A0, A1 = splat(a0), splat(a1)
@@ -269,22 +253,10 @@ def _build_copy_ir(SW: int, VW: int) -> str:
     sw = c(SW) if SW else swr
 
     def splat(n):
-        v = b.insert_element(ir.Constant(lt, ir.Undefined), n, ir.Constant(i32, 0))
-        return b.shuffle_vector(v, ir.Constant(lt, ir.Undefined), ir.Constant(it, [0] * VW))
+        return native.ir_splat(b, n, lt)
 
     def loop(lo, hi, body):
-        with b.goto_entry_block():
-            i = b.alloca(i64)
-        b.store(lo, i)
-        head, bod, end = fn.append_basic_block(), fn.append_basic_block(), fn.append_basic_block()
-        b.branch(head)
-        b.position_at_end(head)
-        b.cbranch(b.icmp_signed("<", b.load(i), hi), bod, end)
-        b.position_at_end(bod)
-        body(b.load(i))
-        b.store(b.add(b.load(i), c(1)), i)
-        b.branch(head)
-        b.position_at_end(end)
+        native.ir_loop(b, lo, hi, body)
 
     def channel(ch):
         def segment(k):

@@ -115,13 +115,45 @@ def machine() -> Machine | None:
     return _state["machine"]
 
 
+# ---- IR building helpers (shared by the kernels' generators) -----------------------------------------
+
+def ir_loop(b, lo, hi, body, step: int = 1) -> None:
+    """``for i in range(lo, hi, step): body(i)`` at b's position (lo, hi: i64 IR values). The
+    counter lives in an entry-block alloca, which LLVM's mem2reg turns into a register."""
+    import llvmlite.ir as ir
+
+    i64 = ir.IntType(64)
+    with b.goto_entry_block():
+        i = b.alloca(i64)
+    b.store(lo, i)
+    fn = b.function
+    head, bod, end = fn.append_basic_block(), fn.append_basic_block(), fn.append_basic_block()
+    b.branch(head)
+    b.position_at_end(head)
+    b.cbranch(b.icmp_signed("<", b.load(i), hi), bod, end)
+    b.position_at_end(bod)
+    body(b.load(i))
+    b.store(b.add(b.load(i), ir.Constant(i64, step)), i)
+    b.branch(head)
+    b.position_at_end(end)
+
+
+def ir_splat(b, s, ty):
+    """The scalar IR value ``s`` broadcast to every lane of vector type ``ty``."""
+    import llvmlite.ir as ir
+
+    i32 = ir.IntType(32)
+    v = b.insert_element(ir.Constant(ty, ir.Undefined), s, ir.Constant(i32, 0))
+    return b.shuffle_vector(v, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count), [0] * ty.count))
+
+
 # ---- the spinning pool ---------------------------------------------------------------------------------
 
 def _pool_ir() -> str:
     """The IR module of ``run`` and ``worker`` (see the module doc)."""
     import llvmlite.ir as ir
 
-    i64, i32, f32, i1 = ir.IntType(64), ir.IntType(32), ir.FloatType(), ir.IntType(1)
+    i64, f32 = ir.IntType(64), ir.FloatType()
     lp, fp = i64.as_pointer(), f32.as_pointer()
     unit_t = ir.FunctionType(ir.VoidType(), [lp, fp, fp, fp, fp, fp, f32, f32])
     mod = ir.Module(name="hetero_pool")
@@ -143,13 +175,6 @@ def _pool_ir() -> str:
             body_fn()
         b.branch(head)
         b.position_at_end(end)
-
-    def counted(b, fn, n, body):
-        """for k in range(n): body(k)"""
-        i = b.alloca(i64)
-        b.store(c(0), i)
-        loop_until(b, fn, lambda: b.icmp_signed(">=", b.load(i), n),
-                   lambda: (body(b.load(i)), b.store(b.add(b.load(i), c(1)), i)))
 
     # -- work(st, seq): claim and run units of job seq until none is left
     work = ir.Function(mod, ir.FunctionType(ir.VoidType(), [lp, i64]), name="work")
@@ -204,7 +229,7 @@ def _pool_ir() -> str:
     def take(k):
         was = b.atomic_rmw("xchg", word(b, st, b.add(c(PARK), b.mul(k, c(8)))), c(0), "seq_cst")
         b.store(b.or_(b.load(mask), b.shl(b.and_(was, c(1)), k)), mask)
-    counted(b, pub, helpers, take)
+    ir_loop(b, c(0), helpers, take)
     b.ret(b.load(mask))
 
     # -- finish(st): claim units of the published job, then wait until all are done
@@ -272,7 +297,6 @@ def _pool_ir() -> str:
     b.cbranch(kept, head, gone)
     b.position_at_end(gone)
     b.ret(c(0))
-    del i1, i32
     return str(mod)
 
 
