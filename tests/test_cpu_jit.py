@@ -201,7 +201,7 @@ def test_strided_pool_split_over_two_threads(pool_task_counts, monkeypatch):
     if JIT.kernels() is None:
         pytest.skip(f"compiled kernels unavailable: {JIT.unavailable_reason()}")
     monkeypatch.setattr(JIT, "MIN_PARALLEL_POOL", 0)
-    x = _rand((1, 5, 9, 9), 12)
+    x = _rand((1, 5, 9, 9), 12, np.float64)  # (float32 goes to vpool: test_cpu_vpool.py)
     attrs = dict(kernel_shape=[3, 3], strides=[2, 2])
     got = PL.max_pool(x, **attrs)
     assert pool_task_counts == [2]

@@ -316,14 +316,14 @@ class _Engine:
     def get(self, act: int, bias: bool, res: bool, crop: bool, MR: int):
         """(ctypes function, its address) of one conv variant (MR output channels per block, at most
         ``self.MR``), compiled on first use."""
-        return self._variant(("conv", act, bias, res, crop, MR),
+        return self.variant(("conv", act, bias, res, crop, MR),
                              lambda: _build_ir(self.VW, self.NV, MR, act, bias, res, crop), "conv")
 
     def copy(self, SW: int):
         """(ctypes function, its address) of the pack copy for column stride SW (0: any)."""
-        return self._variant(("copy", SW), lambda: _build_copy_ir(SW, self.VW), "copy")
+        return self.variant(("copy", SW), lambda: _build_copy_ir(SW, self.VW), "copy")
 
-    def _variant(self, key, build, name):
+    def variant(self, key, build, name):
         f = self.fns.get(key)
         if f is None:
             with _lock:

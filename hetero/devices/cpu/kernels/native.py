@@ -117,8 +117,9 @@ def machine() -> Machine | None:
 
 # ---- IR building helpers (shared by the kernels' generators) -----------------------------------------
 
-def ir_loop(b, lo, hi, body, step: int = 1) -> None:
-    """``for i in range(lo, hi, step): body(i)`` at b's position (lo, hi: i64 IR values). The
+def ir_loop(b, lo, hi, body, step=1) -> None:
+    """``for i in range(lo, hi, step): body(i)`` at b's position (lo, hi and a step > 0: i64 IR
+    values; the step may be an int). The
     counter lives in an entry-block alloca, which LLVM's mem2reg turns into a register."""
     import llvmlite.ir as ir
 
@@ -133,7 +134,7 @@ def ir_loop(b, lo, hi, body, step: int = 1) -> None:
     b.cbranch(b.icmp_signed("<", b.load(i), hi), bod, end)
     b.position_at_end(bod)
     body(b.load(i))
-    b.store(b.add(b.load(i), ir.Constant(i64, step)), i)
+    b.store(b.add(b.load(i), step if isinstance(step, ir.Value) else ir.Constant(i64, step)), i)
     b.branch(head)
     b.position_at_end(end)
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..registry import kernel
-from . import jit, parallel
+from . import jit, parallel, vpool
 from .conv import _compute_dtype, _ints, _tap_slices, conv_geometry, pad_input, workspace
 
 
@@ -226,12 +226,17 @@ _JIT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _jit_pool(x, y, k, st, dl, pb, mode, padval, divisor=None):
     """The compiled paths of MaxPool / AveragePool over 2-D planes; False when they do not apply
-    (numba unavailable; the caller's numpy path then runs). Unit strides: the tap loop of
-    ``jit.window2d`` over the whole plane (MaxPool 3x3 s1 on 192x28x28: 0.38 ms against numpy's
-    0.45; AveragePool 0.27 vs 0.55). Strided: the separable ``jit.pool2d``, since splitting the
-    input into stride phases for the tap loop costs what it saves (MaxPool 3x3 s2 on 64x111x111:
-    numpy 1.5 ms, tap loop 1.6 ms, separable 0.5 ms; AveragePool 3x3 s1 on 832x7x7 stays on the tap
-    loop: 0.34 ms against 0.61 separable, whose per-row loops are short)."""
+    (no compiler; the caller's numpy path then runs). float32: ``vpool.pool2d``, vector code on the
+    native pool (3x3 stride 1 on 256 x 27x27, MaxPool: 0.96 ms on numba's tap loop in GoogLeNet,
+    about 0.15 there). Otherwise numba: unit strides run the tap loop of ``jit.window2d`` over the
+    whole plane (MaxPool 3x3 s1 on 192x28x28: 0.38 ms against numpy's 0.45; AveragePool 0.27 vs
+    0.55); strided ones the separable ``jit.pool2d``, since splitting the input into stride phases
+    for the tap loop costs what it saves (MaxPool 3x3 s2 on 64x111x111: numpy 1.5 ms, tap loop
+    1.6 ms, separable 0.5 ms)."""
+    if x.dtype == np.float32 and vpool.pool2d(x, y, k=k, strides=st, dilations=dl, pb=pb,
+                                              mode=vpool.MODE_MAX if mode == jit.MODE_MAX else vpool.MODE_SUM,
+                                              divisor=divisor):
+        return True
     if all(s == 1 for s in st):
         return jit.window2d(x, y, k=k, strides=st, dilations=dl, pb=pb, mode=mode, padval=padval,
                             divisor=divisor)
