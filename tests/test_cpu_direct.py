@@ -55,6 +55,7 @@ CASES = [
     ((1, 40, 13, 38), (40, 3, 3), (2, 2), (1, 1), (1, 1, 1, 1), 40),  # depthwise, stride 2
     ((1, 8, 6, 7), (24, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 8),      # depthwise, multiplier 3
     ((1, 24, 11, 11), (112, 1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 4),  # grouped 1x1
+    ((1, 300, 14, 14), (20, 1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1),  # 1x1, many channels, L = 196
 ]
 
 
@@ -131,6 +132,43 @@ def test_groups_cut_into_units():
     assert [r["w"] for r in rows] == [0, 12 * 9, 0, 12 * 9]          # g0 * blocks * J * MR
     assert [r["bias"] for r in rows] == [0, 12, 0, 12]
     assert (rows[0]["xg"], rows[0]["wg"], rows[0]["yg"], rows[0]["bg"]) == (plan.S, 9, 90, 1)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("extra", [1, 17, 33, 49])
+def test_last_tile_runs_its_live_vectors(extra, residual):
+    """A run of TILE + extra positions: the last tile runs 1, 2, 3 or 4 vectors (AVX-512: 16 lanes
+    each), the last masked; cropped (3x3, pads 1: wide rows) and straight (1x1), with a residual."""
+    eng = DI.engine()
+    if eng is None:
+        pytest.skip(f"direct kernel unavailable: {DI._state.get('why', 'HETERO_JIT=0')}")
+    for k, p in [(1, 0), (3, 1)]:
+        W = eng.TILE + extra - 2 * p  # 1x1: L = TILE + extra; 3x3: one row of Wq = TILE + extra
+        x, w, b = _rand((1, 5, 1, W), extra), _rand((7, 5, k, k), 2), _rand((7,), 3)
+        attrs = dict(kernel_shape=[k, k], pads=[p] * 4)
+        want = _ref(x, w, b, **attrs)
+        r = _rand(want.shape, 4) if residual else None
+        got = CV.fused_conv(x, w, b, r, activation="Relu", **attrs)
+        np.testing.assert_allclose(got, np.maximum(want + (r if residual else 0), 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_tiles", [1, 2])
+def test_chunks(chunk_tiles, monkeypatch):
+    """CHUNK_BYTES cut to one or two tiles' input: the blocks run chunk by chunk (5 tiles: the last
+    chunk partial), the same output."""
+    eng = DI.engine()
+    if eng is None:
+        pytest.skip(f"direct kernel unavailable: {DI._state.get('why', 'HETERO_JIT=0')}")
+    monkeypatch.setattr(DI, "CHUNK_BYTES", 4 * 6 * eng.TILE * chunk_tiles)  # 6 channels, 1 phase
+    DI._tls.plans = {}
+    xs, ws = (1, 6, 5, eng.TILE - 2), (13, 6, 3, 3)  # wide rows of TILE: 5 tiles
+    x, w, b = _rand(xs, 5), _rand(ws, 6), _rand((13,), 7)
+    attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    plan = DI._Plan(eng, xs, ws, 1, (1, 1), (1, 1), (1, 1), (1, 13, 5, eng.TILE - 2), 1)
+    assert plan.prm[0, DI.PRM.index("CL")] == chunk_tiles * eng.TILE
+    got = CV.conv(x, w, b, **attrs)
+    DI._tls.plans = {}
+    np.testing.assert_allclose(got, _ref(x, w, b, **attrs), rtol=1e-5, atol=1e-5)
 
 
 def test_disabled_by_environment(monkeypatch):

@@ -3,9 +3,8 @@ DeformConv, Col2Im and the ``hetero`` domain's FusedConv.
 
 How a float Conv runs (NCHW, float32 throughout):
 
-* 2-D float32 convs (depthwise and grouped included) other than 1x1 on >=
-  DIRECT_MAX_1X1_CHANNELS channels and wide 3x3 layers on large maps (``_use_direct``): the direct
-  kernel of ``direct.py`` (LLVM IR, register-blocked, epilogue fused); the paths below run where
+* 2-D float32 convs (depthwise, grouped and 1x1 included) other than wide 3x3 layers on large
+  maps (``_use_direct``): the direct kernel of ``direct.py`` (LLVM IR, register-blocked, epilogue fused); the paths below run where
   it is unavailable (no llvmlite, ``HETERO_DIRECT=0``) or does not apply.
 * 1x1 kernels without padding: a plain GEMM ``W (M, C) @ X (C, H*W)`` on the (strided-sliced) input;
   grouped ones as one batched matmul over groups.
@@ -326,27 +325,20 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P, epi):
     _spread(units, unit, work)
 
 
-#: 1x1 convs on at least this many input channels (per group) stay on BLAS, whose GEMM is as fast
-#: there (measured, ResNet-50's 1024 -> 256 on 14x14: 1.15 ms BLAS, 1.25 ms direct)
-DIRECT_MAX_1X1_CHANNELS = 256
-
 
 def _use_direct(x, w, g, strides, dilations, pb, pe, out_sp, k):
     """Which convs the direct kernel takes: every 2-D one (depthwise and grouped too: a unit of
     work runs many groups, measured on ShuffleNet's shapes, one thread: depthwise 136 x 28x28
     0.18 -> 0.11 ms, 544 x 7x7 0.30 -> 0.09 ms; grouped 1x1 24 -> 112 on 56x56 in 4 groups
-    0.22 -> 0.10 ms) but
-    * unpadded 1x1 on many channels (plain BLAS GEMM territory);
-    * wide 3x3 layers over large maps, where Winograd's 2.25x fewer multiply-adds win: the direct
-      kernel's per-tile input window (every channel's rows) no longer stays in cache. Measured on
-      VGG-19, 2 threads: 256 -> 256 on 56x56, Winograd 18 ms, direct 26 ms; 512 -> 512 on 28x28,
-      19 vs 31 ms; but 512 -> 512 on 14x14, 11 vs 7.8 ms, and 64 -> 192 on 56x56 (few channels),
-      7.7 vs 6.5 ms on one thread."""
-    Cg = w.shape[1]
+    0.22 -> 0.10 ms) and 1x1 on many channels (in a model, where the weights and the input come
+    from memory rather than cache, the direct kernel's chunked order streams each once; measured
+    in-model, 2 threads: ResNet-50's 512 -> 2048 on 7x7 1.9 -> 1.4 ms and 256 -> 64 on 56x56 1.8 ->
+    1.3 ms, DenseNet-121 12% faster in all, Inception-v2 13%) but wide 3x3 layers over large maps,
+    where Winograd's 2.25x fewer multiply-adds win. Measured on VGG-19, 2 threads: 256 -> 256 on
+    56x56, Winograd 18 ms, direct 26 ms; 512 -> 512 on 28x28, 19 vs 31 ms; but 512 -> 512 on 14x14,
+    11 vs 7.8 ms, and 64 -> 192 on 56x56 (few channels), 7.7 vs 6.5 ms on one thread."""
     if len(k) != 2:
         return False
-    if k == (1, 1) and not any(pb) and not any(pe):
-        return Cg < DIRECT_MAX_1X1_CHANNELS
     return not (_use_winograd(x, w, g, strides, dilations, out_sp, k)
                 and min(w.shape[:2]) >= _WINO_OVER_DIRECT_CHANNELS and min(out_sp) >= _WINO_OVER_DIRECT_SIZE)
 
