@@ -161,8 +161,11 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
                 pick(1)
 
     def vectors(p, mb, n, masked):
-        """The n vectors of tile p times channel block mb: reduce, then the epilogue."""
-        inb = [b.icmp_signed("<", b.add(splat(b.add(p, c64(v * VW)), lt), iota), splat(L, lt)) for v in range(n)]
+        """The n vectors of tile p times channel block mb: reduce, then the epilogue. ``masked``:
+        the last vector's lanes past L are masked off (its loads and its plain store). Only it:
+        masked loads, even with every lane on, ran the 512 -> 512 3x3 conv on 7x7 (one tile of 63
+        positions) at 4.0 ms against 3.5 with plain loads for the three whole vectors."""
+        last = b.icmp_signed("<", b.add(splat(b.add(p, c64((n - 1) * VW)), lt), iota), splat(L, lt)) if masked else None
         for row in accs:
             for a in row[:n]:
                 b.store(zero, a)
@@ -173,8 +176,8 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
             xs = []
             for v in range(n):
                 ptr = b.bitcast(b.gep(x, [b.add(o, c64(v * VW))]), vp)
-                if masked:
-                    xs.append(b.call(mload, [ptr, ir.Constant(i32, 4), inb[v], zero]))
+                if masked and v == n - 1:
+                    xs.append(b.call(mload, [ptr, ir.Constant(i32, 4), last, zero]))
                 else:
                     xs.append(b.load(ptr, align=4))
             wj = b.add(wbase, b.mul(j, c64(MR)))
@@ -191,8 +194,8 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
                 mv = b.load(b.bitcast(b.gep(maskp, [q]), it.as_pointer()), align=4)
                 masks.append(b.icmp_signed("!=", mv, ir.Constant(it, [0] * VW)))
                 dsts.append(b.load(b.gep(dstp, [b.udiv(q, c64(VW))])))
-            else:
-                masks.append(inb[v])
+            else:  # (None: a whole vector, plain loads and stores)
+                masks.append(last if masked and v == n - 1 else None)
                 dsts.append(q)
         for r in range(MR):
             m = b.add(b.mul(mb, c64(MR)), c64(r))
@@ -207,6 +210,8 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
                     if res:
                         if crop:
                             rv = b.call(eload, [b.gep(rp, [at]), masks[v], zero])
+                        elif masks[v] is None:
+                            rv = b.load(b.bitcast(b.gep(rp, [at]), vp), align=4)
                         else:
                             rv = b.call(mload, [b.bitcast(b.gep(rp, [at]), vp), ir.Constant(i32, 4), masks[v], zero])
                         val = b.fadd(val, rv)
@@ -219,6 +224,8 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
                         val = b.select(b.fcmp_ordered(">=", val, zero), val, b.fmul(val, A0))
                     if crop:
                         b.call(cstore, [val, b.gep(y, [at]), masks[v]])
+                    elif masks[v] is None:
+                        b.store(val, b.bitcast(b.gep(y, [at]), vp), align=4)
                     else:
                         b.call(mstore, [val, b.bitcast(b.gep(y, [at]), vp), ir.Constant(i32, 4), masks[v]])
 

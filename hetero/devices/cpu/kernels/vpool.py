@@ -13,7 +13,8 @@ How one plane (channel) is pooled, per output row ``oh`` (max and sum are separa
    unit, so padding costs nothing;
 2. the row pass: output ``ow`` reduces the buffer at ``ow*sw + j*dw`` for the kw taps j: for stride
    1 one unaligned vector load per tap, for stride s one load of s*VW floats and a shuffle taking
-   every s-th lane; AveragePool then divides by the window's element count (``div``, per output);
+   every s-th lane; AveragePool then multiplies by 1 / the window's element count (``div``, per
+   output);
 3. the VW outputs are stored through a lane mask (the row's last vector).
 
 Max is NaN-propagating, as ``np.maximum``: ``v`` replaces the running max when ``v > acc`` or ``v``
@@ -106,8 +107,11 @@ def _build_ir(mode: int, SW: int, KH: int, KW: int, VW: int) -> str:
         return b.select(take, v, acc)
 
     acc = b.alloca(vt)  # (mem2reg makes it a register)
-    buf = b.alloca(f32, b.mul(RB, Wt))  # RB row buffers (module doc, step 1) of Wt floats, a multiple of VW
-    loop(c(0), b.mul(RB, Wt), lambda k: b.store(idv, vptr(buf, k), align=4), VW)
+    # RB row buffers (module doc, step 1) of Wt floats (a multiple of VW), then one more that
+    # stays all identity: the column pass reads it for a window row outside the plane
+    buf = b.alloca(f32, b.mul(b.add(RB, c(1)), Wt))
+    loop(c(0), b.mul(b.add(RB, c(1)), Wt), lambda k: b.store(idv, vptr(buf, k), align=4), VW)
+    idrow = b.gep(buf, [b.mul(RB, Wt)])
 
     def plane(ch):
         xc = b.gep(x0, [b.mul(ch, b.mul(H, W))])
@@ -118,15 +122,18 @@ def _build_ir(mode: int, SW: int, KH: int, KW: int, VW: int) -> str:
 
             # 1. the column pass into row[pl : pl + W)
             if KH:
-                rows = [b.add(r0, b.mul(c(i), dh)) for i in range(KH)]
-                ok = [native.ir_splat(b, b.and_(b.icmp_signed(">=", r, c(0)), b.icmp_signed("<", r, H)), mt)
-                      for r in rows]
+                # each window row's start, or the identity row for one outside the plane (plain
+                # loads: masked ones, even with every lane on, ran at half speed here)
+                starts = []
+                for i in range(KH):
+                    r = b.add(r0, b.mul(c(i), dh))
+                    inside = b.and_(b.icmp_signed(">=", r, c(0)), b.icmp_signed("<", r, H))
+                    starts.append(b.select(inside, b.gep(xc, [b.mul(r, W)]), idrow))
 
                 def col(at, m):
                     a = idv
-                    for r, k in zip(rows, ok):
-                        a = op(a, b.call(mload, [vptr(xc, b.add(b.mul(r, W), at)), al4,
-                                                 k if m is None else b.and_(k, m), idv]))
+                    for st in starts:
+                        a = op(a, load(st, at, m, idv))
                     store(a, row, b.add(pl, at), m)
             else:
                 # the window's rows inside the plane: i in [i_lo, i_hi)
@@ -167,7 +174,7 @@ def _build_ir(mode: int, SW: int, KH: int, KW: int, VW: int) -> str:
                     a = b.load(acc)
                 at_y = b.add(b.mul(oh, OW), at)
                 if mode == MODE_SUM:
-                    a = b.fdiv(a, load(d0, at_y, m, one))
+                    a = b.fmul(a, load(d0, at_y, m, one))
                 store(a, yc, at_y, m)
             vectors(OW, out_vec)
 
@@ -189,7 +196,7 @@ def _build_ir(mode: int, SW: int, KH: int, KW: int, VW: int) -> str:
 class _Plan:
     """The unit rows of one geometry and thread count (their array stays alive here)."""
 
-    __slots__ = ("prm", "at", "fn", "fn_at")
+    __slots__ = ("prm", "at", "fn", "fn_at", "recip")
 
     def __init__(self, eng, mode, xs, k, st, dl, pb, out, T):
         N, C, H, W = xs
@@ -204,6 +211,7 @@ class _Plan:
                             np.int64)
         self.at = [self.prm.ctypes.data + i * self.prm.strides[0] for i in range(len(units))]
         KH, KW = (kh, kw) if max(kh, kw) <= MAX_UNROLL else (0, 0)
+        self.recip = None  # (divisor, its reciprocals) of the last AveragePool call
         self.fn, self.fn_at = eng.variant(("pool", mode, sw, KH, KW), lambda: _build_ir(mode, sw, KH, KW, VW), "pool")
 
 
@@ -234,7 +242,14 @@ def pool2d(x, y, *, k, strides, dilations, pb, mode, divisor=None) -> bool:
         p = plans[key] = _Plan(eng, mode, x.shape, k, strides, dilations, pb, (OH, OW), T)
     ident = -math.inf if mode == MODE_MAX else 0.0
     xa, ya = x.ctypes.data, y.ctypes.data
-    da = divisor.ctypes.data if divisor is not None else ya
+    da = ya
+    if divisor is not None:
+        # (a multiply by the reciprocal: one vdivps per vector made AveragePool 20-40% slower than
+        # MaxPool; the divisor is the same array on every call of a geometry, ``pool._divisor``)
+        if p.recip is None or p.recip[0] is not divisor:
+            with np.errstate(divide="ignore"):
+                p.recip = (divisor, np.ascontiguousarray(1.0 / divisor, dtype=np.float32))
+        da = p.recip[1].ctypes.data
     if not parallel.run_native(p.fn_at, p.at[0], p.prm.strides[0], len(p.at), (xa, ya, da, 0, 0), ident):
         for a in p.at:
             p.fn(a, xa, ya, da, 0, 0, ident, 0.0)
