@@ -4,8 +4,9 @@ DeformConv, Col2Im and the ``hetero`` domain's FusedConv.
 How a float Conv runs (NCHW, float32 throughout):
 
 * 2-D float32 convs (depthwise, grouped and 1x1 included) other than wide 3x3 layers on large
-  maps (``_use_direct``): the direct kernel of ``direct.py`` (LLVM IR, register-blocked, epilogue fused); the paths below run where
-  it is unavailable (no llvmlite, ``HETERO_DIRECT=0``) or does not apply.
+  maps (``_use_direct``): the direct kernel of ``direct.py`` (LLVM IR, register-blocked, epilogue
+  fused); the paths below run where it is unavailable (no llvmlite, ``HETERO_DIRECT=0``) or does
+  not apply.
 * 1x1 kernels without padding: a plain GEMM ``W (M, C) @ X (C, H*W)`` on the (strided-sliced) input;
   grouped ones as one batched matmul over groups.
 * depthwise (``group == C``, one input channel per group): 2-D ones through the compiled tap loop
@@ -19,6 +20,7 @@ How a float Conv runs (NCHW, float32 throughout):
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -251,8 +253,8 @@ def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype, *, y=No
     Cg, Mg = C // g, M // g
     if w.shape[1] != Cg:
         raise ValueError(f"weight shape {w.shape} does not match input channels {C} / group {g}")
-    out_sp = tuple(int(o) for o in out_sp)
-    if any(p < 0 for p in pb) or any(p < 0 for p in pe):  # negative pads crop the input
+    out_sp = tuple(map(int, out_sp))
+    if min(pb) < 0 or min(pe) < 0:  # negative pads crop the input
         x = x[(slice(None), slice(None)) + tuple(slice(max(0, -pb[i]), x.shape[2 + i] - max(0, -pe[i]))
                                                  for i in range(nsp))]
         pb = [max(0, p) for p in pb]
@@ -263,14 +265,14 @@ def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype, *, y=No
     K = math.prod(k)
     if y.size == 0:
         return y
+    if (Cg * K and _use_direct(w.shape, g, tuple(strides), tuple(dilations), out_sp)
+            and _conv_direct(x, w, y, g, strides, dilations, pb, b, residual, activation, activation_params)):
+        return y
     epi = _Epilogue(y, b, residual, activation, activation_params)
     if Cg * K == 0:
         y[...] = 0
         for n in range(N):
             epi(n, 0, M, 0, P)
-    elif (_use_direct(x, w, g, strides, dilations, pb, pe, out_sp, k)
-          and _conv_direct(x, w, y, g, strides, dilations, pb, epi)):
-        pass
     elif K == 1 and not any(pb) and not any(pe):
         _conv_1x1(x, w, y, g, strides, out_sp, P, epi)
     elif Cg == 1 and g > 1:
@@ -326,8 +328,9 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P, epi):
 
 
 
-def _use_direct(x, w, g, strides, dilations, pb, pe, out_sp, k):
-    """Which convs the direct kernel takes: every 2-D one (depthwise and grouped too: a unit of
+@functools.lru_cache(maxsize=4096)
+def _use_direct(ws, g, strides, dilations, out_sp):
+    """Which convs (by shapes and geometry; cached: asked on every call) the direct kernel takes: every 2-D one (depthwise and grouped too: a unit of
     work runs many groups, measured on ShuffleNet's shapes, one thread: depthwise 136 x 28x28
     0.18 -> 0.11 ms, 544 x 7x7 0.30 -> 0.09 ms; grouped 1x1 24 -> 112 on 56x56 in 4 groups
     0.22 -> 0.10 ms) and 1x1 on many channels (in a model, where the weights and the input come
@@ -337,30 +340,40 @@ def _use_direct(x, w, g, strides, dilations, pb, pe, out_sp, k):
     where Winograd's 2.25x fewer multiply-adds win. Measured on VGG-19, 2 threads: 256 -> 256 on
     56x56, Winograd 18 ms, direct 26 ms; 512 -> 512 on 28x28, 19 vs 31 ms; but 512 -> 512 on 14x14,
     11 vs 7.8 ms, and 64 -> 192 on 56x56 (few channels), 7.7 vs 6.5 ms on one thread."""
-    if len(k) != 2:
+    if len(ws) != 4:
         return False
-    return not (_use_winograd(x, w, g, strides, dilations, out_sp, k)
-                and min(w.shape[:2]) >= _WINO_OVER_DIRECT_CHANNELS and min(out_sp) >= _WINO_OVER_DIRECT_SIZE)
+    return not (_winograd_shape(ws, g, strides, dilations, out_sp)
+                and min(ws[:2]) >= _WINO_OVER_DIRECT_CHANNELS and min(out_sp) >= _WINO_OVER_DIRECT_SIZE)
 
 
 _WINO_OVER_DIRECT_CHANNELS = 128
 _WINO_OVER_DIRECT_SIZE = 28
 
 
-def _conv_direct(x, w, y, g, strides, dilations, pb, epi):
-    """2-D float32 conv through the compiled direct kernel (``direct.conv2d``), the epilogue fused
-    into its stores (an activation it does not know runs after, in place). False when the kernel
-    is unavailable or the arrays are not float32 / C-contiguous (another path runs instead)."""
+def _conv_direct(x, w, y, g, strides, dilations, pb, b, residual, activation, params):
+    """2-D float32 conv through the compiled direct kernel (``direct.conv2d``), bias, residual
+    and activation fused into its stores (an activation it does not know runs after, in place).
+    False when the kernel is unavailable or the arrays are not float32 / C-contiguous (another
+    path runs instead). No ``_Epilogue``: this is every conv's first try, and its path is kept
+    short (a conv's Python costs add up over a model's 50-120 convs)."""
     if not (x.dtype == w.dtype == y.dtype == np.float32 and y.flags.c_contiguous):
         return False
-    act, a0, a1, res = epi.fused(y)
-    # the bias as given (not epi.bias, a new view per call): it is packed with the weights, cached
-    # per (weight, bias) pair
+    act, a0, a1 = _fused_act(activation, tuple(params or ()))
+    if residual is not None:
+        residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
+    # the bias as given (a new view per call would miss the per-(weight, bias) packing cache)
     done = direct.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w), y, g, strides, dilations, pb,
-                         epi.b, res, act or 0, a0, a1)
-    if done:
-        epi.finish(y, act)
+                         b, residual, act or 0, a0, a1)
+    if done and act is None:
+        apply_activation(y, activation, params)
     return done
+
+
+@functools.lru_cache(maxsize=256)
+def _fused_act(activation, params):
+    """(code, p0, p1) of an activation for the compiled kernels (``jit.ACT_CODES``; None: one they
+    do not know, applied after)."""
+    return (jit.ACT_CODES.get(activation or ""),) + jit.act_params(activation, params)
 
 
 def _tap_slices(k, dilations, strides, out_sp):
@@ -603,10 +616,15 @@ _WINO_MIN_SIZE = 14
 
 
 def _use_winograd(x, w, g, strides, dilations, out_sp, k):
-    return (g == 1 and len(k) == 2 and k == (3, 3) and tuple(strides) == (1, 1)
-            and tuple(dilations) == (1, 1) and x.dtype == np.float32 and w.dtype == np.float32
-            and w.shape[0] >= _WINO_MIN_CHANNELS and w.shape[1] >= _WINO_MIN_CHANNELS
-            and min(out_sp) >= _WINO_MIN_SIZE)
+    return (x.dtype == np.float32 and w.dtype == np.float32
+            and _winograd_shape(w.shape, g, tuple(strides), tuple(dilations), tuple(out_sp)))
+
+
+def _winograd_shape(ws, g, strides, dilations, out_sp):
+    """Winograd F(4x4, 3x3)'s geometry: ungrouped 3x3, stride 1, no dilation, enough channels
+    and a large enough output."""
+    return (g == 1 and tuple(ws[2:]) == (3, 3) and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
+            and ws[0] >= _WINO_MIN_CHANNELS and ws[1] >= _WINO_MIN_CHANNELS and min(out_sp) >= _WINO_MIN_SIZE)
 
 
 def _winograd_weights(w):

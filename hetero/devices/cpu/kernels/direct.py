@@ -50,6 +50,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -361,16 +362,29 @@ class _Engine:
         return f
 
 
+_ENV = getattr(os.environ, "_data", None)  # the raw (encoded) environment behind os.environ
+_FLAG_KEYS = tuple(os.environ.encodekey(k) for k in ("HETERO_JIT", "HETERO_DIRECT")) if _ENV is not None else ()
+
+
+def _flags() -> tuple:
+    """The raw values of HETERO_JIT and HETERO_DIRECT: read from os.environ's own dict (two
+    ``os.environ.get`` calls cost 2-4 us a conv here, re-encoding each key)."""
+    if _ENV is None:
+        return (os.environ.get("HETERO_JIT"), os.environ.get("HETERO_DIRECT"))
+    return (_ENV.get(_FLAG_KEYS[0]), _ENV.get(_FLAG_KEYS[1]))
+
+
 def engine() -> _Engine | None:
     """The compiler, or None (llvmlite missing or broken, HETERO_JIT=0 or HETERO_DIRECT=0): the
     callers use BLAS. Called once per conv, so the environment is read raw and its parse memoised."""
-    flags = (os.environ.get("HETERO_JIT"), os.environ.get("HETERO_DIRECT"))
+    flags = _flags()
     e = _state.get(flags, _state)
     if e is not _state:
         return e
     with _lock:
         off = {"0", "false", "off", "no"}
-        if any((f or "").strip().lower() in off for f in flags):
+        if any((os.environ.decodevalue(f) if isinstance(f, bytes) else (f or "")).strip().lower() in off
+               for f in flags):
             _state[flags] = None
             return None
         if "engine" not in _state:
@@ -407,12 +421,15 @@ class _Plan:
     """Everything of a conv that depends only on its geometry: the (channel, tap) offset table, the
     crop tables, and one ``prm`` row per unit of work, built once per thread and geometry."""
 
-    __slots__ = ("pack", "S", "MR", "prm", "prm_at", "tables", "crop", "xs", "strides", "T", "Wq", "copy_prm", "buf")
+    __slots__ = ("pack", "S", "MR", "prm", "prm_at", "tables", "crop", "xs", "strides", "T", "Wq", "copy_prm", "buf",
+                 "fns", "weights")
 
     def __init__(self, eng, xs, ws, g, strides, dilations, pb, ys, T):
         N, C, H, W = xs
         M, Cg, kh, kw = ws
         self.xs, self.strides, self.T, self.copy_prm, self.buf = xs, tuple(strides), T, None, None
+        self.fns: dict = {}  # (act, bias, residual) -> the kernel variant (eng.get)
+        self.weights = None  # (weakrefs of the last call's weight and bias, their _packed)
         OH, OW = ys[2:]
         Mg = M // g
         VW, TILE = eng.VW, eng.TILE
@@ -504,10 +521,10 @@ def _copy(eng, plan, x, flat, segs) -> None:
         units = parallel.split(N * C, 2 * plan.T if plan.T > 1 else 1)
         prm = np.array([[c0, c1, len(segs), H * W, plan.S, W * sh, plan.Wq, table.ctypes.data, sw]
                         for c0, c1 in units], np.int64)
-        plan.copy_prm = (prm, table, [prm.ctypes.data + i * prm.strides[0] for i in range(len(units))])
-    prm, _, at = plan.copy_prm
-    fn, fn_at = eng.copy(plan.strides[1] if plan.strides[1] in (1, 2) else 0)
-    xa, qa = x.ctypes.data, flat.ctypes.data
+        plan.copy_prm = (prm, table, [prm.ctypes.data + i * prm.strides[0] for i in range(len(units))],
+                         eng.copy(sw if sw in (1, 2) else 0))
+    prm, _, at, (fn, fn_at) = plan.copy_prm
+    xa, qa = native.address(x), native.address(flat)
     if not parallel.run_native(fn_at, at[0], prm.strides[0], len(at), (xa, qa, 0, 0, 0)):
         for a in at:
             fn(a, xa, qa, 0, 0, 0, 0.0, 0.0)
@@ -532,11 +549,25 @@ def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> b
         else:
             _copy(eng, plan, x, plan.buf, None)
         x = plan.buf
-    packed = _packed(w, bias, g, plan.MR)  # (held until the calls return: they read its arrays)
+    # the packed weights (held until the calls return: they read its arrays): the plan remembers
+    # the last pair it packed, else ``_packed``'s cache (one node, one plan: a hit, without the
+    # cache's key and checks)
+    hit = plan.weights
+    if (hit is not None and hit[0]() is w and (hit[1] is None if bias is None else hit[1]() is bias)
+            and not w.flags.writeable and (bias is None or not bias.flags.writeable)):
+        packed = hit[2]
+    else:
+        packed = _packed(w, bias, g, plan.MR)
+        if not w.flags.writeable and (bias is None or not bias.flags.writeable):
+            plan.weights = (weakref.ref(w), None if bias is None else weakref.ref(bias), packed)
     wa, ba = packed[1], packed[3]
-    fn, fn_at = eng.get(act, bias is not None, residual is not None, plan.crop, plan.MR)
-    xa, ya = x.ctypes.data, y.ctypes.data
-    ra = ya if residual is None else residual.ctypes.data
+    key = (act, bias is not None, residual is not None)
+    f = plan.fns.get(key)
+    if f is None:
+        f = plan.fns[key] = eng.get(act, bias is not None, residual is not None, plan.crop, plan.MR)
+    fn, fn_at = f
+    xa, ya = native.address(x), native.address(y)
+    ra = ya if residual is None else native.address(residual)
     # x (maybe the pack workspace), y and residual outlive the calls: this frame holds them
     if not parallel.run_native(fn_at, plan.prm_at[0], plan.prm.strides[0], len(plan.prm_at),
                                (xa, wa, ya, ba, ra), a0, a1):

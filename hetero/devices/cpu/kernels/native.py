@@ -115,6 +115,15 @@ def machine() -> Machine | None:
     return _state["machine"]
 
 
+def address(a) -> int:
+    """The data address of a C-contiguous numpy array, for a kernel call: through the buffer
+    protocol where the array is writeable (0.9 us on this VM; ``a.ctypes.data`` builds a helper
+    object, 2.6 us, and a conv passes three or four arrays), else ``a.ctypes.data``."""
+    if a.flags.writeable and a.size:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    return a.ctypes.data
+
+
 # ---- IR building helpers (shared by the kernels' generators) -----------------------------------------
 
 def ir_loop(b, lo, hi, body, step=1) -> None:

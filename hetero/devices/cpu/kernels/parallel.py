@@ -82,7 +82,14 @@ BLAS_SINGLE = set_blas_threads(1) if THREADS >= 1 else False
 
 # ---- per-inference limit ------------------------------------------------------------------------------
 
-_local = threading.local()
+class _Local(threading.local):
+    """Per-thread state; ``limit`` None: no ``limit`` in force. (A class default, not getattr with
+    a default: a missing attribute raises inside getattr, about 1 us on every kernel call.)"""
+
+    limit = None
+
+
+_local = _Local()
 
 
 def threads() -> int:
@@ -92,7 +99,8 @@ def threads() -> int:
     tasks one after another anyway, so kernels should not cut their work for threads."""
     if _pool is not None and _pool.busy.locked():
         return 1
-    return min(THREADS, getattr(_local, "limit", THREADS))
+    n = _local.limit
+    return THREADS if n is None or n > THREADS else n
 
 
 class limit:
@@ -102,7 +110,7 @@ class limit:
         self.n = max(1, int(n))
 
     def __enter__(self):
-        self.prev = getattr(_local, "limit", THREADS)
+        self.prev = _local.limit
         _local.limit = self.n
 
     def __exit__(self, *exc):
