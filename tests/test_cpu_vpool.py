@@ -194,3 +194,34 @@ def test_many_shapes_against_numba(op):
         attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[pad] * 4)
         np.testing.assert_allclose(fn(x, **attrs), fn(x.astype(np.float64), **attrs).astype(np.float32),
                                    rtol=1e-6, atol=1e-6, err_msg=str(attrs))
+
+
+# ---- the global pools (vpool.planes): one window over each whole plane ----
+
+@pytest.mark.parametrize("hw", [(1, 1), (4, 4), (2, 8), (7, 7), (13, 13), (5, 19)])
+def test_global_pools_match_numpy(hw, monkeypatch):
+    # planes shorter than, exactly, and longer than a vector, with a tail; two images; NaN in one
+    # plane (the max keeps it, the mean too)
+    calls = []
+    real = vpool.planes
+    monkeypatch.setattr(vpool, "planes", lambda x, y, mode: calls.append(mode) or real(x, y, mode))
+    x = np.random.default_rng(hw[0] * 100 + hw[1]).standard_normal((2, 5) + hw).astype(np.float32)
+    x[1, 2].flat[-1] = np.nan
+    want_mean = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+    want_max = x.max(axis=(2, 3), keepdims=True)
+    np.testing.assert_allclose(PL.global_average_pool(x), want_mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(PL.global_max_pool(x), want_max)
+    # an AveragePool / MaxPool whose one window is the plane, unpadded: the same kernel
+    np.testing.assert_allclose(PL.average_pool(x, kernel_shape=list(hw)), want_mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(PL.max_pool(x, kernel_shape=list(hw)), want_max)
+    assert calls == [vpool.MODE_SUM, vpool.MODE_MAX, vpool.MODE_SUM, vpool.MODE_MAX]
+
+
+def test_global_pool_planes_split_over_two_threads(pool_task_counts, monkeypatch):
+    monkeypatch.setattr(vpool, "MIN_PARALLEL_TAPS", 0)
+    vpool._tls.planes = {}
+    x = np.random.default_rng(9).standard_normal((1, 10, 6, 6)).astype(np.float32)
+    got = PL.global_average_pool(x)
+    vpool._tls.planes = {}
+    assert pool_task_counts == [8]  # 10 planes in four ranges per thread
+    np.testing.assert_allclose(got, x.mean(axis=(2, 3), keepdims=True), rtol=1e-6, atol=1e-7)

@@ -488,3 +488,25 @@ def test_optimizers_against_reference():
             check(helper.make_node("Momentum", ["R", "T", "x1", "g1", "v1"], ["a", "b"], domain=TRAIN, alpha=0.8,
                                    beta=0.9, mode=mode, norm_coefficient=0.01),
                   dict(R=R, T=np.array(t, np.int64), x1=x1, g1=g1, v1=v1), ["a", "b"], opsets=ops)
+
+
+@pytest.mark.parametrize("v1", [False, True])
+def test_softmax_into_out_buffer(v1):
+    """Softmax written into the memory plan's buffer: the short path for finite rows equals the
+    formula; rows with +inf, NaN or all -inf take the general path and give what it gives without
+    a buffer."""
+    from hetero.devices.cpu.kernels import reduce as RD
+
+    fn = RD.softmax_v1 if v1 else RD.softmax
+    axis = 1 if v1 else -1
+    x = np.random.default_rng(3).standard_normal((4, 1000)).astype(np.float32)
+    out = np.empty_like(x)
+    assert fn(x, axis=axis, _out=out) is out
+    e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(out, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-9)
+    x[1, 5], x[2, 7], x[3] = np.inf, np.nan, -np.inf
+    want = fn(x.copy(), axis=axis)
+    got = fn(x, axis=axis, _out=np.empty_like(x))
+    np.testing.assert_array_equal(got, want)
+    # +inf: inf / inf there, 0 elsewhere; NaN and all -inf: NaN everywhere
+    assert np.isnan(got[1, 5]) and not got[1, :5].any() and np.isnan(got[2:]).all()

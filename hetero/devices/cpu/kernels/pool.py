@@ -266,7 +266,12 @@ def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
         y = np.empty((N, C) + tuple(out), dt)
         return y if _num_outputs <= 1 else (y, np.empty(y.shape, np.int64))
     if _num_outputs <= 1:
-        if _covers_all(X.shape[2:], k, dl, st, pb, out):
+        if _is_global(X, k, dl, pb, pe):
+            y = _global_vpool(X, vpool.MODE_MAX)
+            if y is not None:
+                return y
+        # (one window over each plane: numpy's row max, but float32 planes go to vpool, faster)
+        if _covers_all(X.shape[2:], k, dl, st, pb, out) and not (nsp == 2 and dt == np.float32):
             return X.reshape(N, C, -1).max(axis=2).reshape((N, C) + (1,) * nsp)
         lo = _min_value(dt)
         if nsp == 2 and dt in _JIT_DTYPES:
@@ -337,9 +342,13 @@ def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     cdt = _compute_dtype(dt)
     if math.prod(out) == 0 or N * C == 0:
         return np.empty((N, C) + tuple(out), dt)
+    if _is_global(X, k, dl, pb, pe):  # (count_include_pad is moot: no pads)
+        y = _global_vpool(X, vpool.MODE_SUM)
+        if y is not None:
+            return y
     x = X.astype(cdt, copy=False)
     div = _divisor(X.shape[2:], k, st, dl, pb, pe, out, count_include_pad, cdt)
-    if X.ndim == 4 and not _covers_all(X.shape[2:], k, dl, st, pb, out):
+    if X.ndim == 4 and (x.dtype == np.float32 or not _covers_all(X.shape[2:], k, dl, st, pb, out)):
         y = np.empty((N, C) + tuple(out), cdt)
         if _jit_pool(np.ascontiguousarray(x), y, k, st, dl, pb, jit.MODE_SUM, 0.0, div):
             return y if y.dtype == dt else y.astype(dt)
@@ -390,8 +399,24 @@ def _global_shape(X):
     return X.shape[:2] + (1,) * (X.ndim - 2)
 
 
+def _is_global(X, k, dl, pb, pe):
+    """A 2-D window exactly one plane, unpadded (ResNet's and GoogLeNet's last AveragePool)."""
+    return X.ndim == 4 and tuple(k) == X.shape[2:] and not any(pb) and not any(pe) and tuple(dl) == (1, 1)
+
+
+def _global_vpool(X, mode):
+    """A global pool of 4-D float32 X through ``vpool.planes``, or None where it does not apply."""
+    if X.ndim != 4 or X.dtype != np.float32 or X.size == 0:
+        return None
+    y = np.empty(X.shape[:2] + (1, 1), np.float32)
+    return y if vpool.planes(np.ascontiguousarray(X), y, mode) else None
+
+
 @kernel("GlobalAveragePool", since=1)
 def global_average_pool(X):
+    y = _global_vpool(X, vpool.MODE_SUM)
+    if y is not None:
+        return y
     dt = X.dtype
     cdt = _compute_dtype(dt)
     N, C = X.shape[:2]
@@ -401,6 +426,9 @@ def global_average_pool(X):
 
 @kernel("GlobalMaxPool", since=1)
 def global_max_pool(X):
+    y = _global_vpool(X, vpool.MODE_MAX)
+    if y is not None:
+        return y
     N, C = X.shape[:2]
     y = X.reshape(N * C, -1).max(axis=1)
     return y.reshape(_global_shape(X))

@@ -2,6 +2,8 @@
 LpNormalization, Det and Einsum."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..registry import kernel
@@ -311,12 +313,19 @@ def topk(x, k, *, axis=-1, largest=1, sorted=1):
 
 def _as_2d(x, axis):
     ax = _norm_axis(axis, x.ndim) if x.ndim else 0
-    n = int(np.prod(x.shape[:ax], dtype=np.int64))
-    m = int(np.prod(x.shape[ax:], dtype=np.int64))
-    return x.reshape(n, m)
+    return x.reshape(math.prod(x.shape[:ax]), math.prod(x.shape[ax:]))
 
 
 def _softmax_core(xc, axis, log, out=None):
+    if out is not None and not log and xc.shape[axis]:
+        # the common case in a few calls: with every row's max finite, x - max <= 0, so exp
+        # cannot overflow and each row's sum is >= 1 (no errstate, no where; a classifier's
+        # Softmax over 1000 classes: 35 -> about 12 us). A row with NaN or inf: the general path
+        m = np.max(xc, axis=axis, keepdims=True)
+        if np.isfinite(m).all():
+            e = np.subtract(xc, m, out=out)
+            np.exp(e, out=e)
+            return np.divide(e, np.add.reduce(e, axis=axis, keepdims=True), out=e)
     m = np.max(xc, axis=axis, keepdims=True) if xc.shape[axis] else np.zeros(())
     m = np.where(np.isfinite(m), m, np.zeros_like(m))
     # a fresh array (or the caller's out buffer): the in-place steps below never touch x
