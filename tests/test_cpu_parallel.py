@@ -313,7 +313,10 @@ def test_run_native_every_unit_once_on_two_threads(two_threads):
         ran, rows = _native_job(at, 64, hold, seen)
         assert ran
         assert rows[:, 0].tolist() == [1] * 64
-        assert len(set(rows[:, 1].tolist())) == 2 and seen[0] == 1
+        # the worker ran some (it may run all: a spinning worker can claim every unit before the
+        # caller is back from publishing), and no third thread ran any
+        tids = set(rows[:, 1].tolist())
+        assert tids - {hold[0]} and len(tids) <= 2 and seen[0] == 1
         hits = []
         P.run([lambda: hits.append(1)] * 3)
         assert hits == [1, 1, 1]
