@@ -330,24 +330,31 @@ def _conv_1x1(x, w, y, g, strides, out_sp, P, epi):
 
 @functools.lru_cache(maxsize=4096)
 def _use_direct(ws, g, strides, dilations, out_sp):
-    """Which convs (by shapes and geometry; cached: asked on every call) the direct kernel takes: every 2-D one (depthwise and grouped too: a unit of
-    work runs many groups, measured on ShuffleNet's shapes, one thread: depthwise 136 x 28x28
-    0.18 -> 0.11 ms, 544 x 7x7 0.30 -> 0.09 ms; grouped 1x1 24 -> 112 on 56x56 in 4 groups
-    0.22 -> 0.10 ms) and 1x1 on many channels (in a model, where the weights and the input come
-    from memory rather than cache, the direct kernel's chunked order streams each once; measured
-    in-model, 2 threads: ResNet-50's 512 -> 2048 on 7x7 1.9 -> 1.4 ms and 256 -> 64 on 56x56 1.8 ->
-    1.3 ms, DenseNet-121 12% faster in all, Inception-v2 13%) but wide 3x3 layers over large maps,
-    where Winograd's 2.25x fewer multiply-adds win. Measured on VGG-19, 2 threads: 256 -> 256 on
-    56x56, Winograd 18 ms, direct 26 ms; 512 -> 512 on 28x28, 19 vs 31 ms; but 512 -> 512 on 14x14,
-    11 vs 7.8 ms, and 64 -> 192 on 56x56 (few channels), 7.7 vs 6.5 ms on one thread."""
+    """Which convs the direct kernel takes (by shapes and geometry; cached: asked on every call).
+
+    Every 2-D one: depthwise and grouped too (a unit of work runs many groups; ShuffleNet's
+    shapes, one thread: depthwise 136 x 28x28 0.18 -> 0.11 ms, 544 x 7x7 0.30 -> 0.09 ms; grouped
+    1x1 24 -> 112 on 56x56 in 4 groups 0.22 -> 0.10 ms), and 1x1 on many channels (in a model,
+    where weights and input come from memory rather than cache, the chunked order streams each
+    once; in-model, 2 threads: ResNet-50's 512 -> 2048 on 7x7 1.9 -> 1.4 ms and 256 -> 64 on 56x56
+    1.8 -> 1.3 ms, DenseNet-121 12% faster in all, Inception-v2 13%).
+
+    But wide 3x3 layers over large maps (``_WINO_OVER_DIRECT``: at least c channels in and out
+    on at least s x s), where Winograd's 2.25x fewer multiply-adds win. In-model, 2 threads:
+    VGG-19's 128 -> 256 on 56x56 11.0 (Winograd) vs 13.7 ms (direct), 128 -> 128 on 112x112 24.8
+    vs 26.9, 256 -> 256 on 56x56 18 vs 26, 512 -> 512 on 28x28 19 vs 31; but ResNet-50's
+    128 -> 128 on 28x28 2.5 vs 1.9 and 512 -> 512 on 14x14 11 vs 7.8."""
     if len(ws) != 4:
         return False
-    return not (_winograd_shape(ws, g, strides, dilations, out_sp)
-                and min(ws[:2]) >= _WINO_OVER_DIRECT_CHANNELS and min(out_sp) >= _WINO_OVER_DIRECT_SIZE)
+    if not _winograd_shape(ws, g, strides, dilations, out_sp):
+        return True
+    c, s = min(ws[:2]), min(out_sp)
+    return not any(c >= cmin and s >= smin for cmin, smin in _WINO_OVER_DIRECT)
 
 
-_WINO_OVER_DIRECT_CHANNELS = 128
-_WINO_OVER_DIRECT_SIZE = 28
+#: (channels, size): Winograd rather than direct for 3x3 layers with at least this many
+#: channels in and out on maps at least this large (``_use_direct``)
+_WINO_OVER_DIRECT = ((256, 28), (128, 56))
 
 
 def _conv_direct(x, w, y, g, strides, dilations, pb, b, residual, activation, params):
