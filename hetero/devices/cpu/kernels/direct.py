@@ -494,8 +494,10 @@ MAX_PLAN_BYTES = 256 << 20
 CHUNK_BYTES = 512 << 10
 #: below this many multiply-adds a direct conv runs on the calling thread only
 MIN_PARALLEL_MACS = 500_000
-#: the pack copy of a smaller input runs on the calling thread only (bytes)
+#: the pack copy of an input smaller than this (bytes) and of fewer rows runs on the calling
+#: thread only
 MIN_PARALLEL_COPY = 512 << 10
+MIN_PARALLEL_COPY_ROWS = 2048
 
 
 def _plan(eng, x, w, g, strides, dilations, pb, y, T) -> _Plan:
@@ -520,9 +522,11 @@ def _copy(eng, plan, x, flat, segs) -> None:
         N, C, H, W = plan.xs
         sh, sw = plan.strides
         table = np.array(segs, np.int64).reshape(-1)
-        # (a small input is copied on one thread: 16 x 55x55, 194 KB, took 13 us alone and 15 us
-        # split, while 64 x 56x56, 800 KB, went 51 -> 30 us)
-        parts = 2 * plan.T if plan.T > 1 and x.nbytes >= MIN_PARALLEL_COPY else 1
+        # (a small input is copied on one thread: 16 x 55x55, 194 KB in 880 rows, took 13 us alone
+        # and 15 us split, while 64 x 56x56, 800 KB, went 51 -> 30 us; short rows cost ~15 ns each:
+        # 136 x 28x28, 426 KB in 3808 rows, took 65 us alone, the depthwise conv 0.157 -> 0.107 ms)
+        big = x.nbytes >= MIN_PARALLEL_COPY or N * C * H >= MIN_PARALLEL_COPY_ROWS
+        parts = 2 * plan.T if plan.T > 1 and big else 1
         units = parallel.split(N * C, parts)
         prm = np.array([[c0, c1, len(segs), H * W, plan.S, W * sh, plan.Wq, table.ctypes.data, sw]
                         for c0, c1 in units], np.int64)
