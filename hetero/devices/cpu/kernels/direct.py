@@ -163,9 +163,9 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
 
     def vectors(p, mb, n, masked):
         """The n vectors of tile p times channel block mb: reduce, then the epilogue. ``masked``:
-        the last vector's lanes past L are masked off (its loads and its plain store). Only it:
-        masked loads, even with every lane on, ran the 512 -> 512 3x3 conv on 7x7 (one tile of 63
-        positions) at 4.0 ms against 3.5 with plain loads for the three whole vectors."""
+        the last vector's lanes past L are masked off (its loads, and its store when uncropped).
+        Only it: masked loads, even with every lane on, ran the 512 -> 512 3x3 conv on 7x7 (one
+        tile of 63 positions) at 4.0 ms against 3.5 with plain loads for the three whole vectors."""
         last = b.icmp_signed("<", b.add(splat(b.add(p, c64((n - 1) * VW)), lt), iota), splat(L, lt)) if masked else None
         for row in accs:
             for a in row[:n]:
