@@ -133,6 +133,9 @@ def pad_input(x, pb, pe, value=0, slot="pad", slack=0):
     return buf
 
 
+_F32 = np.dtype(np.float32)
+
+
 def _compute_dtype(dt):
     dt = np.dtype(dt)
     if dt in (np.float32, np.float64):
@@ -749,10 +752,14 @@ def conv_float(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kern
             _geom_cache.clear()
         _geom_cache[key] = geo
     st, dl, pb, pe, osp = geo
-    odt = np.result_type(x.dtype, w.dtype)
-    cdt = _compute_dtype(odt)
-    xc = x.astype(cdt, copy=False)
-    wc = w.astype(cdt, copy=False)
+    odt = x.dtype
+    if odt == w.dtype == _F32:  # (the common case, without np.result_type's dispatch)
+        cdt, xc, wc = odt, x, w
+    else:
+        odt = np.result_type(x.dtype, w.dtype)
+        cdt = _compute_dtype(odt)
+        xc = x.astype(cdt, copy=False)
+        wc = w.astype(cdt, copy=False)
     shape = (x.shape[0], w.shape[0]) + tuple(osp)
     late = None  # a residual that only broadcasts to the output: added after the conv
     if residual is not None:

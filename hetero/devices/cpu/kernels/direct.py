@@ -422,12 +422,12 @@ class _Plan:
     crop tables, and one ``prm`` row per unit of work, built once per thread and geometry."""
 
     __slots__ = ("pack", "S", "MR", "prm", "prm_at", "tables", "crop", "xs", "strides", "T", "Wq", "copy_prm", "buf",
-                 "fns", "weights")
+                 "buf_at", "fns", "weights")
 
     def __init__(self, eng, xs, ws, g, strides, dilations, pb, ys, T):
         N, C, H, W = xs
         M, Cg, kh, kw = ws
-        self.xs, self.strides, self.T, self.copy_prm, self.buf = xs, tuple(strides), T, None, None
+        self.xs, self.strides, self.T, self.copy_prm, self.buf, self.buf_at = xs, tuple(strides), T, None, None, 0
         self.fns: dict = {}  # (act, bias, residual) -> the kernel variant (eng.get)
         self.weights = None  # (weakrefs of the last call's weight and bias, their _packed)
         OH, OW = ys[2:]
@@ -533,7 +533,7 @@ def _copy(eng, plan, x, flat, segs) -> None:
         plan.copy_prm = (prm, table, [prm.ctypes.data + i * prm.strides[0] for i in range(len(units))],
                          eng.copy(sw if sw in (1, 2) else 0))
     prm, _, at, (fn, fn_at) = plan.copy_prm
-    xa, qa = native.address(x), native.address(flat)
+    xa, qa = native.address(x), (plan.buf_at if flat is plan.buf else native.address(flat))
     if not parallel.run_native(fn_at, at[0], prm.strides[0], len(at), (xa, qa, 0, 0, 0)):
         for a in at:
             fn(a, xa, qa, 0, 0, 0, 0.0, 0.0)
@@ -555,9 +555,13 @@ def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> b
         if plan.buf is None:
             plan.buf = jit.pack(x, w.shape[2:], strides, dilations, pb, y.shape[2:], 0.0,
                                 copy=lambda flat, segs: _copy(eng, plan, x, flat, segs), own=True)[0]
+            plan.buf_at = native.address(plan.buf)
         else:
             _copy(eng, plan, x, plan.buf, None)
         x = plan.buf
+        xa = plan.buf_at
+    else:
+        xa = native.address(x)
     # the packed weights (held until the calls return: they read its arrays): the plan remembers
     # the last pair it packed, else ``_packed``'s cache (one node, one plan: a hit, without the
     # cache's key and checks)
@@ -575,7 +579,7 @@ def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> b
     if f is None:
         f = plan.fns[key] = eng.get(act, bias is not None, residual is not None, plan.crop, plan.MR)
     fn, fn_at = f
-    xa, ya = native.address(x), native.address(y)
+    ya = native.address(y)
     ra = ya if residual is None else native.address(residual)
     # x (maybe the pack workspace), y and residual outlive the calls: this frame holds them
     if not parallel.run_native(fn_at, plan.prm_at[0], plan.prm.strides[0], len(plan.prm_at),
