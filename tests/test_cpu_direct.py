@@ -177,3 +177,16 @@ def test_disabled_by_environment(monkeypatch):
     x, w = _rand((1, 3, 5, 5), 10), _rand((4, 3, 3, 3), 11)
     y = np.empty((1, 4, 3, 3), np.float32)
     assert DI.conv2d(x, w, y, 1, (1, 1), (1, 1), (0, 0), None, None, 0, 0.0, 0.0) is False
+
+
+@pytest.mark.parametrize("act,params", [("Relu", []), ("Clip", [-0.5, 0.7]), ("LeakyRelu", [0.1])])
+def test_fused_activation_keeps_nan(path, act, params):
+    """A NaN reaching the fused activation stays NaN, as ONNX's Relu / Clip / LeakyRelu (np.maximum,
+    np.clip) give it: a NaN input pixel spoils the outputs whose window covers it, and only those."""
+    x, w, b = _rand((1, 3, 6, 7), 20), _rand((5, 3, 3, 3), 21), _rand((5,), 22)
+    x[0, 1, 2, 3] = np.nan
+    attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    got = CV.fused_conv(x, w, b, activation=act, activation_params=params, **attrs)
+    nan = np.zeros((6, 7), bool)
+    nan[1:4, 2:5] = True  # the outputs whose 3x3 window covers (2, 3)
+    assert (np.isnan(got[0]) == nan[None]).all()

@@ -216,8 +216,8 @@ def _build_ir(VW: int, NV: int, MR: int, act: int, bias: bool, res: bool, crop: 
                         else:
                             rv = b.call(mload, [b.bitcast(b.gep(rp, [at]), vp), ir.Constant(i32, 4), masks[v], zero])
                         val = b.fadd(val, rv)
-                    if act == 1:  # Relu
-                        val = b.select(b.fcmp_ordered(">", val, zero), val, zero)
+                    if act == 1:  # Relu (NaN stays NaN, as np.maximum)
+                        val = b.select(b.fcmp_ordered("<", val, zero), zero, val)
                     elif act == 2:  # Clip(a0, a1)
                         val = b.select(b.fcmp_ordered("<", val, A0), A0, val)
                         val = b.select(b.fcmp_ordered(">", val, A1), A1, val)
