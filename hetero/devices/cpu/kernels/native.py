@@ -157,6 +157,62 @@ def ir_splat(b, s, ty):
     return b.shuffle_vector(v, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count), [0] * ty.count))
 
 
+class UnitIR:
+    """The frame of one unit kernel's IR module (``void name(i64 *prm, float *p1..p5, float a0,
+    float a1)``, the pool's unit signature) for vectors of VW floats: the module, its function and
+    an entry-block builder, the types, ``prm``'s first integers, and masked vector load / store.
+    ``noalias`` marks the float pointers (1-based) that never overlap another."""
+
+    def __init__(self, name: str, VW: int, nprm: int, noalias=()):
+        import llvmlite.ir as ir
+
+        self.ir, self.VW = ir, VW
+        self.f32, self.i64, self.i32, self.i1 = ir.FloatType(), ir.IntType(64), ir.IntType(32), ir.IntType(1)
+        self.vt, self.mt = ir.VectorType(self.f32, VW), ir.VectorType(self.i1, VW)
+        self.it, self.vp = ir.VectorType(self.i32, VW), self.vt.as_pointer()
+        fp, lp = self.f32.as_pointer(), self.i64.as_pointer()
+        self.mod = ir.Module(name=f"hetero_{name}")
+        self.fn = ir.Function(self.mod, ir.FunctionType(ir.VoidType(), [lp] + [fp] * 5 + [self.f32] * 2), name=name)
+        self.ptrs, self.a0, self.a1 = self.fn.args[1:6], self.fn.args[6], self.fn.args[7]
+        for k in noalias:
+            self.ptrs[k - 1].add_attribute("noalias")
+        self._mload = ir.Function(self.mod, ir.FunctionType(self.vt, [self.vp, self.i32, self.mt, self.vt]),
+                                  name=f"llvm.masked.load.v{VW}f32.p0")
+        self._mstore = ir.Function(self.mod, ir.FunctionType(ir.VoidType(), [self.vt, self.vp, self.i32, self.mt]),
+                                   name=f"llvm.masked.store.v{VW}f32.p0")
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.prm = [self.b.load(self.b.gep(self.fn.args[0], [self.c(i)])) for i in range(nprm)]
+
+    def c(self, v):
+        """An i64 constant."""
+        return self.ir.Constant(self.i64, v)
+
+    def vptr(self, p, at):
+        """A vector pointer to float pointer p + at."""
+        return self.b.bitcast(self.b.gep(p, [at]), self.vp)
+
+    def load(self, p, at, mask=None, passthru=None):
+        """The vector at p + at: whole (mask None), or its lanes in mask (others: passthru)."""
+        if mask is None:
+            return self.b.load(self.vptr(p, at), align=4)
+        return self.b.call(self._mload, [self.vptr(p, at), self.ir.Constant(self.i32, 4), mask, passthru])
+
+    def store(self, v, p, at, mask=None):
+        """v to p + at: whole (mask None), or its lanes in mask."""
+        if mask is None:
+            self.b.store(v, self.vptr(p, at), align=4)
+        else:
+            self.b.call(self._mstore, [v, self.vptr(p, at), self.ir.Constant(self.i32, 4), mask])
+
+    def lanes_below(self, n32):
+        """The mask of lanes l < n32 (an i32 value)."""
+        return self.b.icmp_signed("<", self.ir.Constant(self.it, list(range(self.VW))), ir_splat(self.b, n32, self.it))
+
+    def text(self) -> str:
+        self.b.ret_void()
+        return str(self.mod)
+
+
 # ---- the spinning pool ---------------------------------------------------------------------------------
 
 def _pool_ir() -> str:

@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 
 from ..registry import kernel
-from . import jit, parallel
+from . import jit, parallel, vaffine
 
 # --------------------------------------------------------------------------------------------
 # shared helpers (also used by conv.py / pool.py)
@@ -151,6 +151,11 @@ def _bn_inference(x, scale, B, mean, var, eps, out, act, act_params):
     # per-channel: scale and shift each channel block on its own thread, into the plan's buffer
     y = out if (out is not None and out.shape == x.shape and out.dtype == dt) else np.empty(x.shape, dt)
     code = jit.ACT_CODES.get(act)
+    if dt == np.float32 and code is not None and x.flags.c_contiguous and y.flags.c_contiguous:
+        # vector code on the native pool (``vaffine``)
+        p0, p1 = jit.act_params(act, act_params)
+        if vaffine.affine(x, y, a.reshape(-1), b.reshape(-1), code, p0, p1):
+            return y, True
     kern = jit.kernels() if dt in (np.float32, np.float64) and x.flags.c_contiguous and code is not None else None
     if kern is not None:  # one compiled pass (numpy: a multiply pass, an add pass, the activation's)
         N, C = x.shape[:2]

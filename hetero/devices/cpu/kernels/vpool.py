@@ -53,44 +53,19 @@ def _build_ir(mode: int, SW: int, KH: int, KW: int, VW: int) -> str:
     ident, float)`` for one mode and column stride SW (module doc; ``prm``: ``PRM``). KH, KW > 0
     fix the window's size (its tap loops unrolled, rows outside the plane masked off instead of
     branched around); 0 reads it from ``prm``. Only a row's last vector is masked."""
-    import llvmlite.ir as ir
-
-    f32, i64, i32, i1 = ir.FloatType(), ir.IntType(64), ir.IntType(32), ir.IntType(1)
-    fp, lp = f32.as_pointer(), i64.as_pointer()
-    vt, mt, it = ir.VectorType(f32, VW), ir.VectorType(i1, VW), ir.VectorType(i32, VW)
+    u = native.UnitIR("pool", VW, len(PRM), noalias=(1, 2, 3))
+    b, c, ir = u.b, u.c, u.ir
+    f32, vt, mt, it = u.f32, u.vt, u.mt, u.it
     wt = ir.VectorType(f32, SW * VW)
-    vp = vt.as_pointer()
-    mod = ir.Module(name="hetero_vpool")
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [lp, fp, fp, fp, fp, fp, f32, f32]), name="pool")
-    prm, x0, y0, d0 = fn.args[:4]
-    ident = fn.args[6]
-    for a in (x0, y0, d0):
-        a.add_attribute("noalias")
-    mload = ir.Function(mod, ir.FunctionType(vt, [vp, i32, mt, vt]), name=f"llvm.masked.load.v{VW}f32.p0")
-    mstore = ir.Function(mod, ir.FunctionType(ir.VoidType(), [vt, vp, i32, mt]), name=f"llvm.masked.store.v{VW}f32.p0")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    c = lambda v: ir.Constant(i64, v)  # noqa: E731
-    c0, c1, H, W, OH, OW, kh, kw, sh, dh, dw, pt, pl, Wt, RB = (b.load(b.gep(prm, [c(i)])) for i in range(len(PRM)))
-    iota = ir.Constant(it, list(range(VW)))
-    al4 = ir.Constant(i32, 4)
-    idv = native.ir_splat(b, ident, vt)
+    x0, y0, d0 = u.ptrs[:3]
+    c0, c1, H, W, OH, OW, kh, kw, sh, dh, dw, pt, pl, Wt, RB = u.prm
+    idv = native.ir_splat(b, u.a0, vt)
     one = ir.Constant(vt, [1.0] * VW)
     pick = ir.Constant(it, [lane * SW for lane in range(VW)])
+    vptr, load, store = u.vptr, u.load, u.store
 
     def loop(lo, hi, body, step=1):
         native.ir_loop(b, lo, hi, body, step)
-
-    def vptr(p, at):
-        return b.bitcast(b.gep(p, [at]), vp)
-
-    def load(p, at, m, pas):  # m None: a whole vector
-        return b.load(vptr(p, at), align=4) if m is None else b.call(mload, [vptr(p, at), al4, m, pas])
-
-    def store(v, p, at, m):
-        if m is None:
-            b.store(v, vptr(p, at), align=4)
-        else:
-            b.call(mstore, [v, vptr(p, at), al4, m])
 
     def vectors(n, body):
         """body(at, mask) for the whole vectors of [0, n) (mask None), then its tail, masked."""
@@ -98,7 +73,7 @@ def _build_ir(mode: int, SW: int, KH: int, KW: int, VW: int) -> str:
         loop(c(0), full, lambda v: body(b.mul(v, c(VW)), None))
         at = b.mul(full, c(VW))
         with b.if_then(b.icmp_signed("<", at, n)):
-            body(at, b.icmp_signed("<", iota, native.ir_splat(b, b.trunc(b.sub(n, at), i32), it)))
+            body(at, u.lanes_below(b.trunc(b.sub(n, at), u.i32)))
 
     def op(acc, v):
         if mode == MODE_SUM:
@@ -189,8 +164,7 @@ def _build_ir(mode: int, SW: int, KH: int, KW: int, VW: int) -> str:
             loop(c(0), rows, lambda k: out_row(b.add(r, k), b.gep(buf, [b.mul(k, Wt)])))
         loop(c(0), OH, block, RB)
     loop(c0, c1, plane)
-    b.ret_void()
-    return str(mod)
+    return u.text()
 
 
 def _build_planes_ir(mode: int, VW: int) -> str:
@@ -198,25 +172,15 @@ def _build_planes_ir(mode: int, VW: int) -> str:
     y[c] = max, or scale * sum, of plane c (S contiguous floats) for c in [c0, c1) (``prm``: c0,
     c1, S). Lane-wise over whole vectors, the last masked, then across the lanes in four halving
     shuffles (with the same NaN-propagating max)."""
-    import llvmlite.ir as ir
-
-    f32, i64, i32, i1 = ir.FloatType(), ir.IntType(64), ir.IntType(32), ir.IntType(1)
-    fp, lp = f32.as_pointer(), i64.as_pointer()
-    vt, mt, it = ir.VectorType(f32, VW), ir.VectorType(i1, VW), ir.VectorType(i32, VW)
-    vp = vt.as_pointer()
-    mod = ir.Module(name="hetero_vpool_planes")
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [lp, fp, fp, fp, fp, fp, f32, f32]), name="planes")
-    prm, x0, y0 = fn.args[:3]
-    ident, scale = fn.args[6], fn.args[7]
-    mload = ir.Function(mod, ir.FunctionType(vt, [vp, i32, mt, vt]), name=f"llvm.masked.load.v{VW}f32.p0")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    c = lambda v: ir.Constant(i64, v)  # noqa: E731
-    c0, c1, S = (b.load(b.gep(prm, [c(i)])) for i in range(3))
-    idv = native.ir_splat(b, ident, vt)
-    acc = b.alloca(vt)
+    u = native.UnitIR("planes", VW, 3)
+    b, c, ir = u.b, u.c, u.ir
+    c0, c1, S = u.prm
+    x0, y0 = u.ptrs[:2]
+    ident, scale = u.a0, u.a1
+    idv = native.ir_splat(b, ident, u.vt)
+    acc = b.alloca(u.vt)
     full = b.sdiv(S, c(VW))
-    rem = b.trunc(b.sub(S, b.mul(full, c(VW))), i32)
-    tail = b.icmp_signed("<", ir.Constant(it, list(range(VW))), native.ir_splat(b, rem, it))
+    tail = u.lanes_below(b.trunc(b.sub(S, b.mul(full, c(VW))), u.i32))
 
     def op(a, v):
         if mode == MODE_SUM:
@@ -226,20 +190,17 @@ def _build_planes_ir(mode: int, VW: int) -> str:
     def plane(ch):
         xc = b.gep(x0, [b.mul(ch, S)])
         b.store(idv, acc)
-        native.ir_loop(b, c(0), full, lambda v: b.store(
-            op(b.load(acc), b.load(b.bitcast(b.gep(xc, [b.mul(v, c(VW))]), vp), align=4)), acc))
-        a = op(b.load(acc), b.call(mload, [b.bitcast(b.gep(xc, [b.mul(full, c(VW))]), vp),
-                                           ir.Constant(i32, 4), tail, idv]))
+        native.ir_loop(b, c(0), full, lambda v: b.store(op(b.load(acc), u.load(xc, b.mul(v, c(VW)))), acc))
+        a = op(b.load(acc), u.load(xc, b.mul(full, c(VW)), tail, idv))
         n = VW
         while n > 1:  # lanes [n/2, n) onto [0, n/2)
             n //= 2
-            a = op(a, b.shuffle_vector(a, ir.Constant(vt, ir.Undefined),
-                                       ir.Constant(it, [n + i if i < n else i for i in range(VW)])))
-        r = b.extract_element(a, ir.Constant(i32, 0))
+            a = op(a, b.shuffle_vector(a, ir.Constant(u.vt, ir.Undefined),
+                                       ir.Constant(u.it, [n + i if i < n else i for i in range(VW)])))
+        r = b.extract_element(a, ir.Constant(u.i32, 0))
         b.store(b.fmul(r, scale) if mode == MODE_SUM else r, b.gep(y0, [ch]))
     native.ir_loop(b, c0, c1, plane)
-    b.ret_void()
-    return str(mod)
+    return u.text()
 
 
 def planes(x, y, mode) -> bool:
