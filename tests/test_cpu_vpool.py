@@ -225,3 +225,20 @@ def test_global_pool_planes_split_over_two_threads(pool_task_counts, monkeypatch
     vpool._tls.planes = {}
     assert pool_task_counts == [8]  # 10 planes in four ranges per thread
     np.testing.assert_allclose(got, x.mean(axis=(2, 3), keepdims=True), rtol=1e-6, atol=1e-7)
+
+
+def test_pools_write_into_the_plan_buffer():
+    # given the memory plan's buffer (here: a channel slice of a Concat's buffer, contiguous for
+    # one image), the compiled pools write into it; a buffer that does not fit gets a new array
+    x = np.random.default_rng(10).standard_normal((1, 4, 9, 9)).astype(np.float32)
+    cat = np.zeros((1, 10, 4, 4), np.float32)
+    out = cat[:, 2:6]
+    got = PL.max_pool(x, kernel_shape=[3, 3], strides=[2, 2], _out=out)
+    assert got is out
+    np.testing.assert_array_equal(cat[:, 2:6], _ref("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2]))
+    assert not cat[:, :2].any() and not cat[:, 6:].any()
+    g = np.empty((1, 4, 1, 1), np.float32)
+    assert PL.global_average_pool(x, _out=g) is g and PL.average_pool(x, kernel_shape=[9, 9], _out=g) is g
+    wrong = np.empty((1, 4, 5, 5), np.float32)
+    got = PL.average_pool(x, kernel_shape=[3, 3], strides=[2, 2], _out=wrong)
+    assert got is not wrong and got.shape == (1, 4, 4, 4)

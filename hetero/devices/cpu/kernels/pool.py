@@ -256,7 +256,7 @@ def _min_value(dtype):
 
 @kernel("MaxPool", since=1)
 def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-             storage_order=0, strides=None, _num_outputs=1):
+             storage_order=0, strides=None, _num_outputs=1, _out=None):
     k, st, dl, pb, pe, pe_need, out = _prep(X, kernel_shape, strides, dilations, pads, auto_pad,
                                             ceil_mode, "MaxPool")
     N, C = X.shape[:2]
@@ -267,7 +267,7 @@ def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
         return y if _num_outputs <= 1 else (y, np.empty(y.shape, np.int64))
     if _num_outputs <= 1:
         if _is_global(X, k, dl, pb, pe):
-            y = _global_vpool(X, vpool.MODE_MAX)
+            y = _global_vpool(X, vpool.MODE_MAX, _out)
             if y is not None:
                 return y
         # (one window over each plane: numpy's row max, but float32 planes go to vpool, faster)
@@ -275,7 +275,7 @@ def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
             return X.reshape(N, C, -1).max(axis=2).reshape((N, C) + (1,) * nsp)
         lo = _min_value(dt)
         if nsp == 2 and dt in _JIT_DTYPES:
-            y = np.empty((N, C) + tuple(out), dt)
+            y = _buffer(_out, (N, C) + tuple(out), dt)
             if _jit_pool(np.ascontiguousarray(X), y, k, st, dl, pb, jit.MODE_MAX, lo):
                 return y
         # channels are independent: blocks of them pooled on all threads
@@ -334,7 +334,7 @@ def _divisor_cached(in_sp, k, st, dl, pb, pe, out, count_include_pad, dtype):
 
 @kernel("AveragePool", since=1)
 def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
-                 kernel_shape=None, pads=None, strides=None):
+                 kernel_shape=None, pads=None, strides=None, _out=None):
     k, st, dl, pb, pe, pe_need, out = _prep(X, kernel_shape, strides, dilations, pads, auto_pad,
                                             ceil_mode, "AveragePool")
     N, C = X.shape[:2]
@@ -343,13 +343,13 @@ def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     if math.prod(out) == 0 or N * C == 0:
         return np.empty((N, C) + tuple(out), dt)
     if _is_global(X, k, dl, pb, pe):  # (count_include_pad is moot: no pads)
-        y = _global_vpool(X, vpool.MODE_SUM)
+        y = _global_vpool(X, vpool.MODE_SUM, _out)
         if y is not None:
             return y
     x = X.astype(cdt, copy=False)
     div = _divisor(X.shape[2:], k, st, dl, pb, pe, out, count_include_pad, cdt)
     if X.ndim == 4 and (x.dtype == np.float32 or not _covers_all(X.shape[2:], k, dl, st, pb, out)):
-        y = np.empty((N, C) + tuple(out), cdt)
+        y = _buffer(_out, (N, C) + tuple(out), cdt)
         if _jit_pool(np.ascontiguousarray(x), y, k, st, dl, pb, jit.MODE_SUM, 0.0, div):
             return y if y.dtype == dt else y.astype(dt)
     def block(xs):  # window sums over a block of channels, then the per-window divisor
@@ -404,17 +404,25 @@ def _is_global(X, k, dl, pb, pe):
     return X.ndim == 4 and tuple(k) == X.shape[2:] and not any(pb) and not any(pe) and tuple(dl) == (1, 1)
 
 
-def _global_vpool(X, mode):
+def _buffer(out, shape, dtype):
+    """The memory plan's buffer ``out`` when it fits (the pool then writes in place: into its
+    slice of a Concat's buffer, for an inception block's pool branch), else a new array."""
+    if out is not None and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous:
+        return out
+    return np.empty(shape, dtype)
+
+
+def _global_vpool(X, mode, out=None):
     """A global pool of 4-D float32 X through ``vpool.planes``, or None where it does not apply."""
     if X.ndim != 4 or X.dtype != np.float32 or X.size == 0:
         return None
-    y = np.empty(X.shape[:2] + (1, 1), np.float32)
+    y = _buffer(out, X.shape[:2] + (1, 1), np.float32)
     return y if vpool.planes(np.ascontiguousarray(X), y, mode) else None
 
 
 @kernel("GlobalAveragePool", since=1)
-def global_average_pool(X):
-    y = _global_vpool(X, vpool.MODE_SUM)
+def global_average_pool(X, _out=None):
+    y = _global_vpool(X, vpool.MODE_SUM, _out)
     if y is not None:
         return y
     dt = X.dtype
@@ -425,8 +433,8 @@ def global_average_pool(X):
 
 
 @kernel("GlobalMaxPool", since=1)
-def global_max_pool(X):
-    y = _global_vpool(X, vpool.MODE_MAX)
+def global_max_pool(X, _out=None):
+    y = _global_vpool(X, vpool.MODE_MAX, _out)
     if y is not None:
         return y
     N, C = X.shape[:2]
