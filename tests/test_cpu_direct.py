@@ -114,7 +114,7 @@ def test_tables_match_traced_example():
     assert not mask[24:].any()
     assert int(mask[:6].sum()) == 4  # so q = 6, output (1, 0), lands at 4
     assert dst.tolist() == [int(mask[:v].sum()) for v in range(0, mask.size, eng.VW)]
-    row = dict(zip(DI.PRM, plan.prm[0].tolist()))
+    row = dict(zip(DI.PRM, plan.rows.prm[0].tolist()))
     assert (row["J"], row["L"], row["M"], row["ldy"], row["p0"], row["p1"]) == (18, 24, 3, 16, 0, eng.TILE)
 
 
@@ -125,7 +125,7 @@ def test_groups_cut_into_units():
     if eng is None:
         pytest.skip(f"direct kernel unavailable: {DI._state.get('why', 'HETERO_JIT=0')}")
     plan = DI._Plan(eng, (2, 24, 10, 9), (24, 1, 3, 3), 24, (1, 1), (1, 1), (1, 1), (2, 24, 10, 9), 2)
-    rows = [dict(zip(DI.PRM, r)) for r in plan.prm.tolist()]
+    rows = [dict(zip(DI.PRM, r)) for r in plan.rows.prm.tolist()]
     assert plan.MR == 1 and len(rows) == 4
     assert [r["ng"] for r in rows] == [12] * 4
     assert [r["y"] for r in rows] == [0, 12 * 90, 24 * 90, 36 * 90]  # (n * M + g0 * Mg) * OH * OW
@@ -165,7 +165,7 @@ def test_chunks(chunk_tiles, monkeypatch):
     x, w, b = _rand(xs, 5), _rand(ws, 6), _rand((13,), 7)
     attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     plan = DI._Plan(eng, xs, ws, 1, (1, 1), (1, 1), (1, 1), (1, 13, 5, eng.TILE - 2), 1)
-    assert plan.prm[0, DI.PRM.index("CL")] == chunk_tiles * eng.TILE
+    assert plan.rows.prm[0, DI.PRM.index("CL")] == chunk_tiles * eng.TILE
     got = CV.conv(x, w, b, **attrs)
     DI._tls.plans = {}
     np.testing.assert_allclose(got, _ref(x, w, b, **attrs), rtol=1e-5, atol=1e-5)

@@ -136,7 +136,7 @@ def test_row_blocks(monkeypatch):
         monkeypatch.setattr(vpool, "BUF_FLOATS", rows * Wt)
         vpool._tls.plans = {}
         p = vpool._Plan(eng, vpool.MODE_MAX, x.shape, (3, 3), (1, 1), (1, 1), (1, 1), (11, 21), 1)
-        assert p.prm[0, vpool.PRM.index("Wt")] == Wt and p.prm[0, vpool.PRM.index("RB")] == rows
+        assert p.rows.prm[0, vpool.PRM.index("Wt")] == Wt and p.rows.prm[0, vpool.PRM.index("RB")] == rows
         np.testing.assert_array_equal(PL.max_pool(x, **attrs), want)
     vpool._tls.plans = {}
 

@@ -253,7 +253,7 @@ def conv_core(x, w, b, group, strides, dilations, pb, pe, out_sp, dtype, *, y=No
     g = int(group)
     if g <= 0 or C % g or M % g:
         raise ValueError(f"group={g} must divide input channels {C} and output channels {M}")
-    Cg, Mg = C // g, M // g
+    Cg = C // g
     if w.shape[1] != Cg:
         raise ValueError(f"weight shape {w.shape} does not match input channels {C} / group {g}")
     out_sp = tuple(map(int, out_sp))

@@ -50,7 +50,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import weakref
 
 import numpy as np
 
@@ -293,7 +292,6 @@ def _build_copy_ir(SW: int, VW: int) -> str:
 
             def line(r):
                 qp, xp = b.gep(qb, [b.mul(r, qr)]), b.gep(xb, [b.mul(r, xr)])
-                j = c(0)
                 if SW:  # whole vectors, leaving at least one element (SW 2 reads 2 * VW - 1 ahead)
                     nv = b.udiv(b.sub(cols, c(1)), c(VW)) if SW == 2 else b.udiv(cols, c(VW))
 
@@ -421,15 +419,14 @@ class _Plan:
     """Everything of a conv that depends only on its geometry: the (channel, tap) offset table, the
     crop tables, and one ``prm`` row per unit of work, built once per thread and geometry."""
 
-    __slots__ = ("pack", "S", "MR", "prm", "prm_at", "tables", "crop", "xs", "strides", "T", "Wq", "copy_prm", "buf",
-                 "buf_at", "fns", "weights")
+    __slots__ = ("pack", "S", "MR", "rows", "tables", "crop", "xs", "strides", "T", "Wq", "copy", "buf",
+                 "buf_at", "fns")
 
     def __init__(self, eng, xs, ws, g, strides, dilations, pb, ys, T):
         N, C, H, W = xs
         M, Cg, kh, kw = ws
-        self.xs, self.strides, self.T, self.copy_prm, self.buf, self.buf_at = xs, tuple(strides), T, None, None, 0
+        self.xs, self.strides, self.T, self.copy, self.buf, self.buf_at = xs, tuple(strides), T, None, None, 0
         self.fns: dict = {}  # (act, bias, residual) -> the kernel variant (eng.get)
-        self.weights = None  # (weakrefs of the last call's weight and bias, their _packed)
         OH, OW = ys[2:]
         Mg = M // g
         VW, TILE = eng.VW, eng.TILE
@@ -481,8 +478,7 @@ class _Plan:
                                  J, ldy, b0, b1, t0 * TILE, t1 * TILE, L, Mg,
                                  table.ctypes.data, mask.ctypes.data, dst.ctypes.data,
                                  g1 - g0, Cg * S, nb * J * MR, Mg * ldy, Mg, CL])
-        self.prm = np.array(rows, np.int64)
-        self.prm_at = [self.prm.ctypes.data + i * self.prm.strides[0] for i in range(len(rows))]
+        self.rows = parallel.UnitRows(rows)
         self.crop = Wq != OW
 
 
@@ -518,7 +514,7 @@ def _copy(eng, plan, x, flat, segs) -> None:
     its channels cut across the threads like the conv's units. The segments are the same on every
     call of a plan (they follow from its geometry): their table and rows are built on the first,
     later calls pass None."""
-    if plan.copy_prm is None:
+    if plan.copy is None:
         N, C, H, W = plan.xs
         sh, sw = plan.strides
         table = np.array(segs, np.int64).reshape(-1)
@@ -527,16 +523,11 @@ def _copy(eng, plan, x, flat, segs) -> None:
         # 136 x 28x28, 426 KB in 3808 rows, took 65 us alone, the depthwise conv 0.157 -> 0.107 ms)
         big = x.nbytes >= MIN_PARALLEL_COPY or N * C * H >= MIN_PARALLEL_COPY_ROWS
         parts = 2 * plan.T if plan.T > 1 and big else 1
-        units = parallel.split(N * C, parts)
-        prm = np.array([[c0, c1, len(segs), H * W, plan.S, W * sh, plan.Wq, table.ctypes.data, sw]
-                        for c0, c1 in units], np.int64)
-        plan.copy_prm = (prm, table, [prm.ctypes.data + i * prm.strides[0] for i in range(len(units))],
-                         eng.copy(sw if sw in (1, 2) else 0))
-    prm, _, at, (fn, fn_at) = plan.copy_prm
-    xa, qa = native.address(x), (plan.buf_at if flat is plan.buf else native.address(flat))
-    if not parallel.run_native(fn_at, at[0], prm.strides[0], len(at), (xa, qa, 0, 0, 0)):
-        for a in at:
-            fn(a, xa, qa, 0, 0, 0, 0.0, 0.0)
+        rows = parallel.UnitRows([[c0, c1, len(segs), H * W, plan.S, W * sh, plan.Wq, table.ctypes.data, sw]
+                                  for c0, c1 in parallel.split(N * C, parts)])
+        plan.copy = (rows, table, eng.copy(sw if sw in (1, 2) else 0))  # (the rows hold table's address)
+    rows, _, (fn, fn_at) = plan.copy
+    rows.run(fn, fn_at, (native.address(x), plan.buf_at if flat is plan.buf else native.address(flat), 0, 0, 0))
 
 
 def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> bool:
@@ -562,17 +553,7 @@ def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> b
         xa = plan.buf_at
     else:
         xa = native.address(x)
-    # the packed weights (held until the calls return: they read its arrays): the plan remembers
-    # the last pair it packed, else ``_packed``'s cache (one node, one plan: a hit, without the
-    # cache's key and checks)
-    hit = plan.weights
-    if (hit is not None and hit[0]() is w and (hit[1] is None if bias is None else hit[1]() is bias)
-            and not w.flags.writeable and (bias is None or not bias.flags.writeable)):
-        packed = hit[2]
-    else:
-        packed = _packed(w, bias, g, plan.MR)
-        if not w.flags.writeable and (bias is None or not bias.flags.writeable):
-            plan.weights = (weakref.ref(w), None if bias is None else weakref.ref(bias), packed)
+    packed = _packed(w, bias, g, plan.MR)  # (held until the calls return: they read its arrays)
     wa, ba = packed[1], packed[3]
     key = (act, bias is not None, residual is not None)
     f = plan.fns.get(key)
@@ -582,8 +563,5 @@ def conv2d(x, w, y, g, strides, dilations, pb, bias, residual, act, a0, a1) -> b
     ya = native.address(y)
     ra = ya if residual is None else native.address(residual)
     # x (maybe the pack workspace), y and residual outlive the calls: this frame holds them
-    if not parallel.run_native(fn_at, plan.prm_at[0], plan.prm.strides[0], len(plan.prm_at),
-                               (xa, wa, ya, ba, ra), a0, a1):
-        for pa in plan.prm_at:
-            fn(pa, xa, wa, ya, ba, ra, a0, a1)
+    plan.rows.run(fn, fn_at, (xa, wa, ya, ba, ra), a0, a1)
     return True

@@ -90,15 +90,18 @@ def per_weight(kind, arrays, make):
     inference. Only read-only arrays are cached (the CPU plugin passes initializers as read-only
     views; a writeable array, such as a weight fed as a graph input, may change between calls).
     Keyed by identity and checked through weakrefs (an id can be reused once an array is gone)."""
-    arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+    arrays = arrays if type(arrays) is tuple else (arrays,)
+    key = (kind, *map(id, arrays))
+    hit = _weight_cache.get(key)
+    if hit is not None:  # (asked on every conv: a plain loop, no generator)
+        refs, shapes, val = hit
+        for r, s, a in zip(refs, shapes, arrays):
+            if r() is not a or s != a.shape or a.flags.writeable:
+                break
+        else:
+            return val
     if not all(isinstance(a, np.ndarray) and not a.flags.writeable for a in arrays):
         return make()
-    key = (kind,) + tuple(id(a) for a in arrays)
-    hit = _weight_cache.get(key)
-    if hit is not None:
-        refs, shapes, val = hit
-        if all(r() is a and s == a.shape for r, s, a in zip(refs, shapes, arrays)):
-            return val
     val = make()
     refs = tuple(weakref.ref(a) for a in arrays)
     with _weight_lock:

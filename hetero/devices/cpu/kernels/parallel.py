@@ -293,6 +293,40 @@ def run_native(fn_at: int, base: int, stride: int, n: int, ptrs, a0: float = 0.0
     return True
 
 
+class UnitRows:
+    """The units of a compiled job: one int64 row of integers per unit (``prm``, kept alive here)
+    and each row's address (``at``); ``run`` runs a unit kernel over them."""
+
+    __slots__ = ("prm", "at")
+
+    def __init__(self, rows):
+        self.prm = np.array(rows, np.int64)
+        self.at = [self.prm.ctypes.data + i * self.prm.strides[0] for i in range(len(self.prm))]
+
+    def run(self, fn, fn_at: int, ptrs, a0: float = 0.0, a1: float = 0.0) -> None:
+        """``fn`` (a ctypes unit kernel at ``fn_at``) over every row: on the native pool
+        (``run_native``), else one after another on this thread."""
+        if not run_native(fn_at, self.at[0], self.prm.strides[0], len(self.at), ptrs, a0, a1):
+            for a in self.at:
+                fn(a, *ptrs, a0, a1)
+
+
+def per_thread(tls, name: str, key, build, limit: int = 512):
+    """``build()`` cached per calling thread under ``key`` in the dict ``tls.<name>`` (a kernel's
+    plans: built once per geometry and thread, never shared between streams); the dict is
+    cleared once it holds ``limit`` entries."""
+    cache = getattr(tls, name, None)
+    if cache is None:
+        cache = {}
+        setattr(tls, name, cache)
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) >= limit:
+            cache.clear()
+        hit = cache[key] = build()
+    return hit
+
+
 def split(n: int, parts: int | None = None) -> list[tuple[int, int]]:
     """[lo, hi) ranges cutting range(n) into ``parts`` (default THREADS) near-equal pieces."""
     parts = max(1, min(n, parts or threads()))

@@ -320,7 +320,7 @@ def _softmax_core(xc, axis, log, out=None):
     if out is not None and not log and xc.shape[axis]:
         # the common case in a few calls: with every row's max finite, x - max <= 0, so exp
         # cannot overflow and each row's sum is >= 1 (no errstate, no where; a classifier's
-        # Softmax over 1000 classes: 35 -> about 12 us). A row with NaN or inf: the general path
+        # Softmax over 1000 classes: 35 -> about 19 us). A row with NaN or inf: the general path
         m = np.max(xc, axis=axis, keepdims=True)
         if np.isfinite(m).all():
             e = np.subtract(xc, m, out=out)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
-
 from . import native, parallel
 
 #: below this many elements the affine runs on the calling thread only
@@ -73,20 +71,10 @@ def affine(x, y, a, b, act: int, p0: float, p1: float) -> bool:
     if P == 0:
         return True
     T = parallel.threads() if x.size >= MIN_PARALLEL_ELEMS else 1
-    plans = getattr(_tls, "plans", None)
-    if plans is None:
-        plans = _tls.plans = {}
-    key = (act, N * C, P, C, T)
-    hit = plans.get(key)
-    if hit is None:
-        if len(plans) > 512:
-            plans.clear()
-        prm = np.array([[c0, c1, P, C] for c0, c1 in parallel.split(N * C, 4 * T if T > 1 else 1)], np.int64)
-        fn = eng.variant(("affine", act), lambda: _build_ir(act, eng.VW), "affine")
-        hit = plans[key] = (prm, [prm.ctypes.data + i * prm.strides[0] for i in range(len(prm))], fn)
-    prm, at, (fn, fn_at) = hit
-    ptrs = (native.address(x), native.address(y), native.address(a), native.address(b), 0)
-    if not parallel.run_native(fn_at, at[0], prm.strides[0], len(at), ptrs, p0, p1):
-        for u in at:
-            fn(u, *ptrs, p0, p1)
+
+    def build():
+        rows = parallel.UnitRows([[c0, c1, P, C] for c0, c1 in parallel.split(N * C, 4 * T if T > 1 else 1)])
+        return rows, eng.variant(("affine", act), lambda: _build_ir(act, eng.VW), "affine")
+    rows, (fn, fn_at) = parallel.per_thread(_tls, "plans", (act, N * C, P, C, T), build)
+    rows.run(fn, fn_at, (native.address(x), native.address(y), native.address(a), native.address(b), 0), p0, p1)
     return True

@@ -55,7 +55,7 @@ def _build_ir(mode: int, SW: int, KH: int, KW: int, VW: int) -> str:
     branched around); 0 reads it from ``prm``. Only a row's last vector is masked."""
     u = native.UnitIR("pool", VW, len(PRM), noalias=(1, 2, 3))
     b, c, ir = u.b, u.c, u.ir
-    f32, vt, mt, it = u.f32, u.vt, u.mt, u.it
+    f32, vt, it = u.f32, u.vt, u.it
     wt = ir.VectorType(f32, SW * VW)
     x0, y0, d0 = u.ptrs[:3]
     c0, c1, H, W, OH, OW, kh, kw, sh, dh, dw, pt, pl, Wt, RB = u.prm
@@ -213,30 +213,20 @@ def planes(x, y, mode) -> bool:
         return False
     NC, S = x.shape[0] * x.shape[1], x.shape[2] * x.shape[3]
     T = parallel.threads() if NC * S >= MIN_PARALLEL_TAPS else 1
-    plans = getattr(_tls, "planes", None)
-    if plans is None:
-        plans = _tls.planes = {}
-    key = (mode, NC, S, T)
-    hit = plans.get(key)
-    if hit is None:
-        if len(plans) > 512:
-            plans.clear()
-        prm = np.array([[c0, c1, S] for c0, c1 in parallel.split(NC, 4 * T if T > 1 else 1)], np.int64)
-        fn = eng.variant(("planes", mode), lambda: _build_planes_ir(mode, eng.VW), "planes")
-        hit = plans[key] = (prm, [prm.ctypes.data + i * prm.strides[0] for i in range(len(prm))], fn)
-    prm, at, (fn, fn_at) = hit
+
+    def build():
+        rows = parallel.UnitRows([[c0, c1, S] for c0, c1 in parallel.split(NC, 4 * T if T > 1 else 1)])
+        return rows, eng.variant(("planes", mode), lambda: _build_planes_ir(mode, eng.VW), "planes")
+    rows, (fn, fn_at) = parallel.per_thread(_tls, "planes", (mode, NC, S, T), build)
     ident, scale = (-math.inf, 1.0) if mode == MODE_MAX else (0.0, 1.0 / S)
-    xa, ya = native.address(x), native.address(y)
-    if not parallel.run_native(fn_at, at[0], prm.strides[0], len(at), (xa, ya, 0, 0, 0), ident, scale):
-        for a in at:
-            fn(a, xa, ya, 0, 0, 0, ident, scale)
+    rows.run(fn, fn_at, (native.address(x), native.address(y), 0, 0, 0), ident, scale)
     return True
 
 
 class _Plan:
     """The unit rows of one geometry and thread count (their array stays alive here)."""
 
-    __slots__ = ("prm", "at", "fn", "fn_at", "recip")
+    __slots__ = ("rows", "fn", "fn_at", "recip")
 
     def __init__(self, eng, mode, xs, k, st, dl, pb, out, T):
         N, C, H, W = xs
@@ -246,10 +236,8 @@ class _Plan:
         Wt = max(pl + W, nvy * VW * sw + (kw - 1) * dw)
         Wt = -(-Wt // VW) * VW
         RB = max(1, min(OH, BUF_FLOATS // Wt))
-        units = parallel.split(N * C, 4 * T if T > 1 else 1)
-        self.prm = np.array([[c0, c1, H, W, OH, OW, kh, kw, sh, dh, dw, pt, pl, Wt, RB] for c0, c1 in units],
-                            np.int64)
-        self.at = [self.prm.ctypes.data + i * self.prm.strides[0] for i in range(len(units))]
+        self.rows = parallel.UnitRows([[c0, c1, H, W, OH, OW, kh, kw, sh, dh, dw, pt, pl, Wt, RB]
+                                       for c0, c1 in parallel.split(N * C, 4 * T if T > 1 else 1)])
         KH, KW = (kh, kw) if max(kh, kw) <= MAX_UNROLL else (0, 0)
         self.recip = None  # (divisor, its reciprocals) of the last AveragePool call
         self.fn, self.fn_at = eng.variant(("pool", mode, sw, KH, KW), lambda: _build_ir(mode, sw, KH, KW, VW), "pool")
@@ -271,15 +259,9 @@ def pool2d(x, y, *, k, strides, dilations, pb, mode, divisor=None) -> bool:
         return False
     taps = y.size * (k[0] + k[1])
     T = parallel.threads() if taps >= MIN_PARALLEL_TAPS else 1
-    plans = getattr(_tls, "plans", None)
-    if plans is None:
-        plans = _tls.plans = {}
     key = (mode, x.shape, tuple(k), tuple(strides), tuple(dilations), tuple(pb), (OH, OW), T)
-    p = plans.get(key)
-    if p is None:
-        if len(plans) > 512:
-            plans.clear()
-        p = plans[key] = _Plan(eng, mode, x.shape, k, strides, dilations, pb, (OH, OW), T)
+    p = parallel.per_thread(_tls, "plans", key,
+                            lambda: _Plan(eng, mode, x.shape, k, strides, dilations, pb, (OH, OW), T))
     ident = -math.inf if mode == MODE_MAX else 0.0
     xa, ya = native.address(x), native.address(y)
     da = ya
@@ -290,7 +272,5 @@ def pool2d(x, y, *, k, strides, dilations, pb, mode, divisor=None) -> bool:
             with np.errstate(divide="ignore"):
                 p.recip = (divisor, np.ascontiguousarray(1.0 / divisor, dtype=np.float32))
         da = native.address(p.recip[1])
-    if not parallel.run_native(p.fn_at, p.at[0], p.prm.strides[0], len(p.at), (xa, ya, da, 0, 0), ident):
-        for a in p.at:
-            p.fn(a, xa, ya, da, 0, 0, ident, 0.0)
+    p.rows.run(p.fn, p.fn_at, (xa, ya, da, 0, 0), ident)
     return True
