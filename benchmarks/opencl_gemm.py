@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import hetero  # noqa: E402
+from hetero.devices.opencl import f16_allclose  # noqa: E402
 
 SIZES = [  # (name, M, K, N)
     ("resnet conv1 7x7/2", 64, 147, 12544),
@@ -119,7 +120,9 @@ def apply_variant(v: str) -> str:
             G.RM, G.RN, G.NV = (int(x) for x in parts[1].split("x"))
         if len(parts) > 2:
             G.LX, G.LY = (int(x) for x in parts[2].split("x"))
-        return f"reg {G.RM}x{G.RN * G.NV} wg{G.LX}x{G.LY}"
+        if len(parts) > 3:
+            G.KB_HALF = int(parts[3])
+        return f"reg {G.RM}x{G.RN * G.NV} wg{G.LX}x{G.LY}" + (f" kb{G.KB_HALF}" if len(parts) > 3 else "")
     os.environ["HETERO_OCL_GEMM"] = "local"
     return "local 64x64 (4x4/work-item)"
 
@@ -129,8 +132,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="GPU")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variants", default="",
-                    help="comma list: reg[:RMxRNxNV[:LXxLY]] | local (default: the plugin's choice)")
+                    help="comma list: reg[:RMxRNxNV[:LXxLY[:KB_HALF]]] | local (default: the plugin's choice)")
     ap.add_argument("--sizes", default="", help="comma list of size indices (default: all)")
+    ap.add_argument("--precision", default="f32", choices=["f32", "f16"],
+                    help="INFERENCE_PRECISION_HINT (f16: half storage, and half arithmetic where the "
+                         "device has it: FP16_ARITHMETIC)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="rate from process CPU time x cores (for machines shared with other jobs)")
     args = ap.parse_args(argv)
@@ -139,7 +145,8 @@ def main(argv=None) -> int:
         print(f"{args.device} not available: {core.available_devices}")
         return 1
     dev = core._registry.get(args.device)
-    print(f"device: {dev.get_property('FULL_DEVICE_NAME')}, {os.cpu_count()} host cores; "
+    print(f"device: {dev.get_property('FULL_DEVICE_NAME')} ({' '.join(dev.get_property('OPTIMIZATION_CAPABILITIES'))}), "
+          f"precision {args.precision}, {os.cpu_count()} host cores; "
           f"{'process CPU time / cores' if args.cpu_time else 'wall time'}, best of {args.reps}")
     variants = [v for v in args.variants.split(",") if v] or [""]
     sizes = [SIZES[int(i)] for i in args.sizes.split(",")] if args.sizes else SIZES
@@ -168,10 +175,13 @@ def main(argv=None) -> int:
                 continue
             if v:
                 apply_variant(v)
-            exe = dev.compile(matmul_graph(A, K, N))
+            exe = dev.compile(matmul_graph(A, K, N), {"INFERENCE_PRECISION_HINT": args.precision})
             out = exe.run({"B": B})["C"]
-            err = float(np.abs(out - ref).max() / max(1.0, np.abs(ref).max()))
-            assert err < 1e-4, f"{name}: wrong result (relative error {err})"
+            if args.precision == "f16":
+                assert f16_allclose(out, ref), f"{name}: outside the f16 tolerance"
+            else:
+                err = float(np.abs(out - ref).max() / max(1.0, np.abs(ref).max()))
+                assert err < 1e-4, f"{name}: wrong result (relative error {err})"
             row.append(rate(kernel_seconds(exe, {"B": B}, args.reps)))
         totals += np.log(row)
         print(f"{name:22s} {M:5d} {K:5d} {N:6d} {row[0]:8.1f}" + "".join(f" {g:18.1f}" for g in row[1:]), flush=True)

@@ -357,6 +357,148 @@ def test_f16_keeps_float_storage_where_half_would_overflow():
     assert float(np.finfo(np.float16).max) < 2e6
 
 
+def test_pip_installed_runtime_found_once_and_ordered_after_the_loaders_own(tmp_path):
+    """icd.py registers a pip-installed OpenCL runtime (intel-opencl-rt), unless a vendors file already
+    names its library (a system-wide install would otherwise show up twice); discovery lists it after
+    the platforms the loader found by itself (pyopencl's PoCL stays GPU.0)."""
+    from hetero.devices.opencl import icd
+
+    named = tmp_path / "intel64.icd"
+    named.write_text("/opt/intel/oneapi/lib/libintelocl.so\n")
+    assert icd._found([named]) == {}
+    installed = [d / "libintelocl.so" for d in icd._lib_dirs() if (d / "libintelocl.so").is_file()]
+    found = icd._found([])
+    assert set(found.values()) <= set(installed)
+    if not icd.REGISTERED:
+        return
+    platforms = [CORE._registry.get(d).cl_device.platform.name for d in GPUS]
+    kinds = [CORE.get_property(d, "DEVICE_TYPE") for d in GPUS]
+    for i, (p, k) in enumerate(zip(platforms, kinds)):
+        if p in icd.REGISTERED:
+            assert all(platforms[j] in icd.REGISTERED for j in range(i, len(GPUS)) if kinds[j] == k), platforms
+
+
+# ---- half arithmetic (cl_khr_fp16) -------------------------------------------------------------------
+
+HALF_DEVICES = [d for d in GPUS if CORE._registry.get(d).has_fp16]
+needs_fp16 = pytest.mark.skipif(not HALF_DEVICES, reason="no OpenCL device with cl_khr_fp16 (the test extra's "
+                                "intel-opencl-rt has one; PoCL 3 has not)")
+
+
+def _half_math(launch) -> bool:
+    return ("HALF_MATH", None) in launch.program.defines
+
+
+# cases whose kernels must take HALF_MATH (elementwise, pools, BatchNormalization, copies) and cases that
+# must not (long reductions accumulate in float); the GEMM / conv cases take it where half_sums_ok allows
+HALF_MATH_CASES = ["Add_broadcast", "Sub_rows", "Mul_lastaxis", "Div", "PRelu", "Max_3", "Min_2", "Sum_3", "Mean_3",
+                   "Less", "Where", "Relu", "Abs", "Neg", "Floor", "Sign", "LeakyRelu", "ThresholdedRelu",
+                   "Clip_consts", "MaxPool_3x3_s2_p1", "MaxPool_ceil", "BatchNormalization",
+                   "FusedBatchNormalization_relu"]
+FLOAT_MATH_CASES = ["Softmax_axis1", "LayerNormalization", "ReduceMean_axis1", "LRN"]
+MIXED_CASES = ["Exp", "Softplus", "HardSwish", "Gelu", "Gemm_transB_bias", "Gemm_transA_alpha_beta", "MatMul_2d_odd",
+               "MatMul_batch_fold", "MatMul_wide_runtime_B", "Conv_3x3_pad", "Conv_stride2_nobias", "Conv_1x1",
+               "Conv_1x1_wide", "Conv_groups", "Conv_depthwise", "Conv_depthwise_mult2", "Conv_dilated",
+               "FusedConv_relu_residual", "FusedConv_dw_leaky", "FusedConv_fulltile_residual_clip",
+               "FusedGemm_fulltile_fullbias", "FusedMatMul_fulltile_hardswish", "AveragePool_incl_pad",
+               "AveragePool_excl_pad"]
+
+
+@needs_fp16
+@pytest.mark.parametrize("style", ["", "gpu"])
+@pytest.mark.parametrize("case_id", HALF_MATH_CASES + FLOAT_MATH_CASES + MIXED_CASES)
+def test_half_math_within_tolerance(case_id, style, monkeypatch):
+    """f16 on a cl_khr_fp16 device with half arithmetic on (HETERO_OCL_HALF_MATH=1: CPU implementations
+    leave it off by default), in the kernel shapes for CPUs and for GPUs (local-memory GEMM tiles)."""
+    from op_cases import CASES, device_model, make_values, reference
+
+    from hetero.devices.opencl import f16_allclose
+
+    monkeypatch.setenv("HETERO_OCL_HALF_MATH", "1")
+    if style:
+        monkeypatch.setenv("HETERO_OCL_STYLE", style)
+    case = next(c for c in CASES if c.id == case_id)
+    vals = make_values(case)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        expected = reference(case, vals)
+    model, feeds = device_model(case, vals, expected)
+    for dev in HALF_DEVICES:
+        compiled = CORE.compile_model(model, dev, {"INFERENCE_PRECISION_HINT": "f16"})
+        launches = compiled._runner.plan.launches
+        if case_id in HALF_MATH_CASES:
+            assert any(_half_math(l) for l in launches), f"{case_id} on {dev}: no kernel computed in half"
+        if case_id in FLOAT_MATH_CASES:
+            assert not any(_half_math(l) for l in launches), f"{case_id} on {dev}: a reduction computed in half"
+        got = compiled(feeds)
+        for k, e in enumerate(expected):
+            g = got[k]
+            assert g.dtype == e.dtype and g.shape == e.shape
+            assert f16_allclose(g, e), f"{case_id} on {dev}: max error {np.abs(g - e).max()} (max |ref| {np.abs(e).max()})"
+
+
+@needs_fp16
+@pytest.mark.parametrize("style", ["", "gpu"])
+def test_half_math_sums_in_half(style, monkeypatch):
+    """
+        x [1, 32] ─ MatMul(W = 0.25 everywhere, [32, 1]) ─ y [1, 1]        x = [8192, 4, 4, ..., 4]
+
+    The products are 2048, then 31 ones. In half, 2048 + 1 is a tie between 2048 and 2050 and rounds to
+    2048, so a block summed in half stays at 2048; float sums 2079 (stored as half: 2080). gemm_reg sums
+    its 32 steps as one half block (KB_HALF = 32): 2048. gemm_local's blocks are its 16-deep tiles: the
+    first sums to 2048, the second to 16 exactly, the float accumulator takes both: 2064.
+    """
+    monkeypatch.setenv("HETERO_OCL_HALF_MATH", "1")
+    if style:
+        monkeypatch.setenv("HETERO_OCL_STYLE", style)
+    w = numpy_helper.from_array(np.full((32, 1), 0.25, np.float32), "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [_vi("x", [1, 32])], [_vi("y", [1, 1])],
+               [w])
+    x = np.full((1, 32), 4.0, np.float32)
+    x[0, 0] = 8192.0
+    for dev in HALF_DEVICES:
+        exe = CORE._registry.get(dev).compile(hetero.read_model(m), {"INFERENCE_PRECISION_HINT": "f16"})
+        (gemm,) = [l for l in exe.plan.launches if l.kernel.startswith("gemm")]
+        assert _half_math(gemm)
+        want = {"gemm_reg": 2048.0, "gemm_local": 2064.0}[gemm.kernel]
+        assert float(exe.run({"x": x})["y"][0, 0]) == want
+        monkeypatch.setenv("HETERO_OCL_HALF_MATH", "0")
+        exe = CORE._registry.get(dev).compile(hetero.read_model(m), {"INFERENCE_PRECISION_HINT": "f16"})
+        assert not any(_half_math(l) for l in exe.plan.launches)
+        assert float(exe.run({"x": x})["y"][0, 0]) == 2080.0
+        monkeypatch.setenv("HETERO_OCL_HALF_MATH", "1")
+
+
+def test_half_sums_ok_bounds_a_block_of_products():
+    from hetero.devices.opencl.plan import HALF_SAFE, half_sums_ok
+
+    # 3x3 conv weights [64, 27], |w| <= 0.5: a (padded) block of 32 sums to <= 13.5, x 4096 < 65504
+    assert half_sums_ok(np.full((64, 27), -0.5, np.float32))
+    # one row's block sums to 20: 20 x 4096 > 65504
+    w = np.zeros((4, 64), np.float32)
+    w[2, 32:52] = 1.0
+    assert not half_sums_ok(w)
+    assert half_sums_ok(w, block=8)  # the same weights in blocks of 8 sum to <= 8
+    assert not half_sums_ok(None)  # both operands computed: no bound
+    assert not half_sums_ok(np.array([[np.inf]], np.float32))
+    assert half_sums_ok(np.full((1, 32), 65504.0 / HALF_SAFE / 32, np.float32))
+
+
+@needs_gpu
+def test_half_math_default_only_where_half_is_native(monkeypatch):
+    """HALF_MATH by default on a GPU with cl_khr_fp16; not on CPU implementations (measured slower there),
+    and never without cl_khr_fp16 (PoCL 3), whatever the knob says."""
+    for name in GPUS:
+        d = CORE._registry.get(name)
+        monkeypatch.delenv("HETERO_OCL_HALF_MATH", raising=False)
+        assert d.half_math == (d.has_fp16 and d.kind != "cpu-opencl")
+        assert ("FP16_ARITHMETIC" in CORE.get_property(name, "OPTIMIZATION_CAPABILITIES")) == d.half_math
+        monkeypatch.setenv("HETERO_OCL_HALF_MATH", "1")
+        assert d.half_math == d.has_fp16
+        monkeypatch.setenv("HETERO_OCL_HALF_MATH", "0")
+        assert not d.half_math
+
+
 # ---- compile cache ----------------------------------------------------------------------------------
 
 @needs_gpu

@@ -94,3 +94,32 @@ def test_light_model_random_weights_matches_onnxruntime(name):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
     got16 = CORE.compile_model(m, "GPU", {"INFERENCE_PRECISION_HINT": "f16"})(feeds)[0]
     assert f16_allclose(got16, want), f"f16 max error {np.abs(got16 - want).max()} of max {np.abs(want).max()}"
+
+
+HALF_DEVICES = [d for d in CORE.available_devices if d.startswith("GPU") and CORE._registry.get(d).has_fp16]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HALF_DEVICES, reason="no OpenCL device with cl_khr_fp16 (the test extra's intel-opencl-rt "
+                    "has one; PoCL 3 has not)")
+@pytest.mark.parametrize("name", ["squeezenet", "shufflenet", "inception_v2", "densenet121"])
+def test_light_model_half_math(name, monkeypatch):
+    """f16 with half arithmetic (HETERO_OCL_HALF_MATH=1) on every cl_khr_fp16 device: the model's own
+    output, and with random weights against ONNX Runtime; the convs really sum in half."""
+    import onnxruntime as ort
+
+    monkeypatch.setenv("HETERO_OCL_HALF_MATH", "1")
+    path, feeds, expected = _light(name)
+    m = _randomized(name)
+    x = next(iter(feeds.values()))
+    rfeeds = {k: np.random.default_rng(1).random(x.shape).astype(np.float32) for k in feeds}
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, rfeeds)[0]
+    for dev in HALF_DEVICES:
+        compiled = CORE.compile_model(path, dev, {"INFERENCE_PRECISION_HINT": "f16"})
+        out = compiled(feeds)[0]
+        assert f16_allclose(out, expected), f"{dev}: max error {np.abs(out - expected).max()}"
+        half_gemms = [l for l in compiled._runner.plan.launches
+                      if l.kernel.startswith("gemm") and ("HALF_MATH", None) in l.program.defines]
+        assert half_gemms, f"{dev}: no GEMM summed in half"
+        got = CORE.compile_model(m, dev, {"INFERENCE_PRECISION_HINT": "f16"})(rfeeds)[0]
+        assert f16_allclose(got, want), f"{dev}: random weights, max error {np.abs(got - want).max()} of {np.abs(want).max()}"

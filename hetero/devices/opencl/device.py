@@ -72,6 +72,18 @@ class OpenCLDevice(Device):
     def has_fp16(self) -> bool:
         return "cl_khr_fp16" in (self.cl_device.extensions or "")
 
+    @property
+    def half_math(self) -> bool:
+        """Whether half storage computes in half (HALF_MATH kernels): on a GPU (or accelerator) with
+        cl_khr_fp16. Not by default on CPU implementations of OpenCL, where it was measured slower than
+        float arithmetic on half storage (Intel's CPU runtime 2026.2 on an AVX512-FP16 Xeon: f16
+        Inception-v2 153 -> 350 ms, DenseNet-121 411 -> 658 ms). ``HETERO_OCL_HALF_MATH=1`` turns it on
+        wherever cl_khr_fp16 is (the tests run the half kernels that way), ``=0`` off everywhere."""
+        knob = os.environ.get("HETERO_OCL_HALF_MATH", "")
+        if knob == "0" or not self.has_fp16:
+            return False
+        return knob == "1" or self.kind != "cpu-opencl"
+
     def read_only_property(self, key: str) -> Any:
         d = self.cl_device
         if key == "FULL_DEVICE_NAME":
@@ -80,7 +92,7 @@ class OpenCLDevice(Device):
             return self.kind
         if key == "OPTIMIZATION_CAPABILITIES":
             # f16 storage needs only vload_half/vstore_half (core OpenCL): usable everywhere
-            return ["FP32", "FP16"] + (["FP16_ARITHMETIC"] if self.has_fp16 else [])
+            return ["FP32", "FP16"] + (["FP16_ARITHMETIC"] if self.half_math else [])
         if key == "DEVICE_MEMORY_SIZE":
             return int(d.global_mem_size)
         if key == "COMPUTE_UNITS":
@@ -107,7 +119,7 @@ class OpenCLDevice(Device):
         style = os.environ.get("HETERO_OCL_STYLE", "")
         is_cpu = style == "cpu" or (style != "gpu" and self.kind == "cpu-opencl")
         gemm = os.environ.get("HETERO_OCL_GEMM", "") or ("reg" if is_cpu else "local")
-        return DeviceCaps(is_cpu=is_cpu, fp16=self.has_fp16,
+        return DeviceCaps(is_cpu=is_cpu, fp16=self.has_fp16, half_math=self.half_math,
                           half_mode=str(cfg.get("INFERENCE_PRECISION_HINT", "f32")).lower() == "f16",
                           compute_units=int(d.max_compute_units), max_work_group=int(d.max_work_group_size),
                           local_mem=int(d.local_mem_size), gemm_kernel=gemm, max_alloc=int(d.max_mem_alloc_size))
@@ -210,9 +222,11 @@ def discover() -> list[OpenCLDevice]:
         import pyopencl as cl
     except Exception:
         return []
+    from . import icd
+
     found = []
     try:
-        platforms = cl.get_platforms()
+        platforms = icd.platforms()
     except Exception:
         return []
     for pi, p in enumerate(platforms):
@@ -224,8 +238,9 @@ def discover() -> list[OpenCLDevice]:
             try:
                 if not d.available:
                     continue
-                found.append((_TYPE_ORDER[device_kind(d)], pi, di, d))
+                # a runtime hetero registered itself (icd.py) comes after the loader's own of its kind
+                found.append((_TYPE_ORDER[device_kind(d)], p.name in icd.REGISTERED, pi, di, d))
             except Exception:
                 continue
-    found.sort(key=lambda t: t[:3])
-    return [OpenCLDevice(f"GPU.{i}", d) for i, (_, _, _, d) in enumerate(found)]
+    found.sort(key=lambda t: t[:4])
+    return [OpenCLDevice(f"GPU.{i}", t[-1]) for i, t in enumerate(found)]

@@ -37,6 +37,33 @@ ELEM_BY_SIZE = {1: "uchar", 2: "ushort", 4: "uint", 8: "ulong"}
 FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
 
+#: f16 mode keeps a value in half only while |value| <= HALF_SAFE (16x inside half's 65504; see
+#: precision.py); HALF_MATH sums of products are checked against the same bound (``half_sums_ok``)
+HALF_SAFE = 4096.0
+HALF_MAX = 65504.0
+#: k-steps a HALF_MATH GEMM sums in half before its float accumulator takes the sum (cl/gemm.cl)
+KB_HALF = 32
+
+
+def half_sums_ok(weights: np.ndarray | None, block: int = KB_HALF) -> bool:
+    """Whether a kernel may sum ``block`` products x * w in half: ``weights`` [rows, K] is the constant
+    operand (None: both operands computed, no bound), and every row's blocks of ``block`` weights must
+    keep sum |w| * HALF_SAFE within half's range, for any activations within HALF_SAFE.
+
+    Traced: a 3x3 conv's weights [64, 27] with |w| <= 0.5 -> blocks of 8 sum to <= 4, times 4096 is
+    16384 <= 65504: half. A Gemm weight column summing to 20 in a block -> 81920: float."""
+    if weights is None or weights.size == 0:
+        return weights is not None
+    w = np.abs(np.asarray(weights, np.float64).reshape(weights.shape[0], -1))
+    if not np.all(np.isfinite(w)):
+        return False
+    k = w.shape[1]
+    pad = (-k) % block
+    if pad:
+        w = np.concatenate([w, np.zeros((w.shape[0], pad))], axis=1)
+    return float(w.reshape(w.shape[0], -1, block).sum(axis=2).max()) * HALF_SAFE <= HALF_MAX
+
+
 class Unsupported(Exception):
     """A planner cannot run this node; the message is the reason query reports."""
 
@@ -48,6 +75,7 @@ class DeviceCaps:
     is_cpu: bool = True
     fp16: bool = False          # cl_khr_fp16
     half_mode: bool = False     # INFERENCE_PRECISION_HINT f16: float32 tensors stored as half
+    half_math: bool = False     # half storage computes in half where a kernel allows (HALF_MATH)
     compute_units: int = 1
     max_work_group: int = 256
     local_mem: int = 32768
@@ -350,10 +378,14 @@ class NodeBuilder:
             raise Unsupported(f"{self.op}: mixed element types {sorted(set(map(str, dts)))} not supported")
         return dts[0]
 
-    def float_defines(self, dtype) -> list:
+    def float_defines(self, dtype, half_math: bool = False) -> list:
+        """Build options of a float kernel: T_HALF for half storage, plus HALF_MATH where the caller
+        allows half arithmetic (``half_math``) and the device has it (``caps.half_math``)."""
         d = ["CPU_DEVICE"] if self.caps.is_cpu else []
         if self.dev_dtype(dtype) == np.float16:
             d.append("T_HALF")
+            if half_math and self.caps.half_math:
+                d.append("HALF_MATH")
         return d
 
     def base_defines(self) -> list:

@@ -33,9 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ...ir import Graph
-from .plan import DeviceCaps, build_plan
-
-HALF_SAFE = 4096.0
+from .plan import HALF_SAFE, DeviceCaps, build_plan  # noqa: F401  (HALF_SAFE: this module's bound)
 
 
 def calibration_feeds(plan, seed: int = 0) -> dict[str, np.ndarray]:
@@ -93,7 +91,7 @@ def wide_values(device, graph: Graph, caps: DeviceCaps, config: Mapping[str, Any
 def _calibrate(device, graph: Graph, caps: DeviceCaps, config: Mapping[str, Any]) -> frozenset[str]:
     from .executable import OpenCLExecutable
 
-    caps32 = dataclasses.replace(caps, half_mode=False)
+    caps32 = dataclasses.replace(caps, half_mode=False, half_math=False)
     plan = build_plan(graph, caps32, lenient=True)
     if plan.reasons:
         return frozenset()

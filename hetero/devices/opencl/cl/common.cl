@@ -6,13 +6,16 @@
 //   -DT_HALF            float tensors are stored as half (INFERENCE_PRECISION_HINT f16 or float16
 //                       models); loads/stores go through vload_half/vstore_half (no cl_khr_fp16
 //                       needed) and arithmetic stays in float.
-//   -DHAS_FP16          the device has cl_khr_fp16 (half arithmetic allowed).
+//   -DHALF_MATH         with T_HALF, on a device with cl_khr_fp16 (native half): the kernels' products,
+//                       short sums, maxima and copies run in half (type MT, loads LDM / stores STM);
+//                       long reductions (GEMM's K beyond a block of KB_HALF, Softmax, norms, average
+//                       pools) still accumulate in float. See opencl/plan.py's half_math.
 //
 // Conventions: every buffer argument is followed by an element offset, so one device buffer can hold
 // several tensors; sizes are ints (the planner refuses tensors of 2^31 elements or more); every device
 // buffer is allocated with SLACK_BYTES of padding at its end, so vector loads may run past a row end.
 
-#ifdef HAS_FP16
+#ifdef HALF_MATH
 #pragma OPENCL EXTENSION cl_khr_fp16 : enable
 #endif
 
@@ -27,6 +30,17 @@ typedef half T;
 typedef float T;
 #define LD(p, i) ((p)[i])
 #define ST(p, i, v) ((p)[i] = (float)(v))
+#endif
+
+// MT: the type the marked kernel steps compute in (half with HALF_MATH, else float)
+#ifdef HALF_MATH
+typedef half MT;
+#define LDM(p, i) ((p)[i])
+#define STM(p, i, v) ((p)[i] = (half)(v))
+#else
+typedef float MT;
+#define LDM(p, i) LD(p, i)
+#define STM(p, i, v) ST(p, i, v)
 #endif
 
 // Activation epilogue shared by the fused ops (FusedConv / FusedGemm / FusedMatMul), the depthwise

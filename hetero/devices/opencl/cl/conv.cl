@@ -3,6 +3,7 @@
 // im2col   unfolds X[n] (C, H, W) into Col[n] (C*KH*KW, OH*OW): row (c, kh, kw), column (oy, ox);
 //          zero where the tap falls into padding. The GEMM kernel then multiplies W (Cout, C*KH*KW).
 //          One work-item per (oy, row, n), looping over ox (the inner loop vectorises on CPUs).
+// (HALF_MATH: im2col copies half as half; dwconv sums its taps in half.)
 // dwconv   depthwise convolution (group == C_in, `mult` output channels per input channel), direct:
 //          one work-item per (oy, output channel, n), looping over ox; bias, residual and activation
 //          are applied in the same pass (flags: 1 = bias, 2 = residual).
@@ -25,8 +26,8 @@ __kernel void im2col(__global const T* X, int x_off, __global T* Col, int col_of
         const int ob = col_off + (n * rows + row) * OH * OW + oy * OW;
         for (int ox = 0; ox < OW; ++ox) {
             const int ix = ox * SW - PW + kw * DW;
-            const float v = (rowok && ix >= 0 && ix < W) ? LD(X, xb + ix) : 0.0f;
-            ST(Col, ob + ox, v);
+            const MT v = (rowok && ix >= 0 && ix < W) ? LDM(X, xb + ix) : (MT)0.0f;
+            STM(Col, ob + ox, v);
         }
         return;
     }
@@ -34,15 +35,15 @@ __kernel void im2col(__global const T* X, int x_off, __global T* Col, int col_of
     const int nb = col_off + n * npanels * rows * PW_;
     for (int ox = 0; ox < OW; ++ox) {
         const int ix = ox * SW - PW + kw * DW;
-        const float v = (rowok && ix >= 0 && ix < W) ? LD(X, xb + ix) : 0.0f;
+        const MT v = (rowok && ix >= 0 && ix < W) ? LDM(X, xb + ix) : (MT)0.0f;
         const int col = oy * OW + ox;
         const int panel = col / PW_;
-        ST(Col, nb + (panel * rows + row) * PW_ + (col - panel * PW_), v);
+        STM(Col, nb + (panel * rows + row) * PW_ + (col - panel * PW_), v);
     }
     if (oy == OH - 1) {  // zero the padding columns of the last panel
         for (int col = OH * OW; col < npanels * PW_; ++col) {
             const int panel = col / PW_;
-            ST(Col, nb + (panel * rows + row) * PW_ + (col - panel * PW_), 0.0f);
+            STM(Col, nb + (panel * rows + row) * PW_ + (col - panel * PW_), (MT)0.0f);
         }
     }
 }
@@ -62,23 +63,23 @@ __kernel void dwconv(__global const T* X, int x_off, __global const T* Wt, int w
     const int xb = x_off + (n * C + ci) * H * W;
     const int wb = w_off + co * KH * KW;
     const int yb = (n * cout + co) * OH * OW + oy * OW;
-    const float b = (flags & 1) ? LD(bias, bias_off + co) : 0.0f;
+    const MT b = (flags & 1) ? LDM(bias, bias_off + co) : (MT)0.0f;
     // taps outer, columns inner: for each tap the valid column range is computed once, so the inner
     // loop has no bounds checks (and vectorises for stride 1)
     for (int ox0 = 0; ox0 < OW; ox0 += DWB) {
         const int cnt = min(DWB, OW - ox0);
-        float acc[DWB];
+        MT acc[DWB];  // HALF_MATH: half (the planner checks the taps' sum stays inside half's range)
         for (int j = 0; j < cnt; ++j) acc[j] = b;
         for (int kh = 0; kh < KH; ++kh) {
             const int iy = oy * SH - PH + kh * DH;
             if (iy < 0 || iy >= H) continue;
             for (int kw = 0; kw < KW; ++kw) {
-                const float w = LD(Wt, wb + kh * KW + kw);
+                const MT w = LDM(Wt, wb + kh * KW + kw);
                 const int ix0 = ox0 * SW - PW + kw * DW;
                 const int jlo = ix0 >= 0 ? 0 : (-ix0 + SW - 1) / SW;
                 const int jhi = ix0 > W - 1 ? 0 : min(cnt, (W - 1 - ix0) / SW + 1);
                 const int xr = xb + iy * W + ix0;
-                for (int j = jlo; j < jhi; ++j) acc[j] += w * LD(X, xr + j * SW);
+                for (int j = jlo; j < jhi; ++j) acc[j] += w * LDM(X, xr + j * SW);
             }
         }
         for (int j = 0; j < cnt; ++j) {

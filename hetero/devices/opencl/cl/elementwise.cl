@@ -6,6 +6,8 @@
 //   -DCT=float|int|long|uchar   compute type
 //   -DTA=... -DTB=... -DTC=... -DTO=...   storage types of inputs a, b, c and output (half: see below)
 //   -DA_HALF / -DB_HALF / -DC_HALF / -DO_HALF   that operand is half storage (vload_half/vstore_half)
+//   -DHALF_MATH       (cl_khr_fp16) CT is half and the float operands are half: entries EW(...) compute
+//                     in half, entries EWF(...) (transcendental ops) load float values and compute in float
 //   -DA_IS=0|1 (B_IS, C_IS)   the operand's stride along the innermost (contiguous) axis: 0 broadcasts
 //
 // Shapes are collapsed on the host to (d0, d1, d2, d3, d4, inner) with per-operand outer strides, so the
@@ -82,6 +84,16 @@ __kernel void ew(__global TO* out, int o_off,
 #define EW_LOAD const CT x = LDA(ao + j * A_IS); const CT y = LDB(bo + j * B_IS); const CT z = LDC(co + j * C_IS);
 #endif
 #define EW(code, expr) case code: EW_LOOP { EW_LOAD STO(oo + j, expr); } break;
+#ifdef HALF_MATH
+#if ARITY == 1
+#define EWF_LOAD const float x = LDA(ao + j * A_IS); const float y = x; const float z = x;
+#elif ARITY == 2
+#define EWF_LOAD const float x = LDA(ao + j * A_IS); const float y = LDB(bo + j * B_IS); const float z = x;
+#else
+#define EWF_LOAD const float x = LDA(ao + j * A_IS); const float y = LDB(bo + j * B_IS); const float z = LDC(co + j * C_IS);
+#endif
+#define EWF(code, expr) case code: EW_LOOP { EWF_LOAD STO(oo + j, expr); } break;
+#endif
     switch (op) {
         EW_OPS
     }

@@ -29,6 +29,12 @@
 #endif
 
 typedef CAT(float, RN) VF;
+#ifdef HALF_MATH
+typedef CAT(half, RN) VH;
+#endif
+#ifndef KB_HALF
+#define KB_HALF 32  // HALF_MATH: k-steps summed in half before the float accumulator takes the sum
+#endif
 #ifdef T_HALF
 #define VLOADB(o, p) CAT(vload_half, RN)((o), (p))
 #elif defined(CPU_DEVICE)
@@ -101,6 +107,34 @@ __kernel void gemm_reg(GEMM_ARGS) {
     for (int i = 0; i < RM; ++i)
 #pragma unroll
         for (int j = 0; j < NV; ++j) acc[i][j] = (VF)(0.0f);
+#ifdef HALF_MATH
+    // half products summed in half over blocks of KB_HALF steps, each block's sum added to the float
+    // accumulators (the planner checks that a block's sum stays far inside half's range)
+    for (int k0 = 0; k0 < K; k0 += KB_HALF) {
+        const int k1 = min(K, k0 + KB_HALF);
+        VH part[RM][NV];
+#pragma unroll
+        for (int i = 0; i < RM; ++i)
+#pragma unroll
+            for (int j = 0; j < NV; ++j) part[i][j] = (VH)(0.0h);
+        for (int k = k0; k < k1; ++k) {
+            VH bv[NV];
+#pragma unroll
+            for (int j = 0; j < NV; ++j) bv[j] = CAT(vload, RN)(j, pb);
+#pragma unroll
+            for (int i = 0; i < RM; ++i) {
+                const half a = A[arow[i] + k * sak];
+#pragma unroll
+                for (int j = 0; j < NV; ++j) part[i][j] += a * bv[j];
+            }
+            pb += sbk;
+        }
+#pragma unroll
+        for (int i = 0; i < RM; ++i)
+#pragma unroll
+            for (int j = 0; j < NV; ++j) acc[i][j] += CAT(convert_float, RN)(part[i][j]);
+    }
+#else
     for (int k = 0; k < K; ++k) {
         VF bv[NV];
 #pragma unroll
@@ -113,6 +147,7 @@ __kernel void gemm_reg(GEMM_ARGS) {
         }
         pb += sbk;
     }
+#endif
     if (m0 + RM <= M && n0 + RN * NV <= N && (bsn == 0 || bsn == 1)) {
         // full tile: the epilogue works on whole vectors
         const int cb = b0 * c_sb0 + b1 * c_sb1 + n0;
@@ -161,17 +196,21 @@ __kernel void pack_b(__global const T* B, int b_off, int sbk, int b_sb, __global
     const int src = b_off + z * b_sb + k * sbk + panel * W;
     const int dst = p_off + ((z * npanels + panel) * K + k) * W;
     const int valid = min(W, N - panel * W);
-    for (int j = 0; j < W; ++j) ST(P, dst + j, j < valid ? LD(B, src + j) : 0.0f);
+    for (int j = 0; j < W; ++j) STM(P, dst + j, j < valid ? LDM(B, src + j) : (MT)0.0f);
 }
 
 #define LT 16  // work-group side
 #define WT 4   // register tile side per work-item
 #define TT (LT * WT)  // 64: tile side per work-group
 #define TKD 16  // depth of the local tiles
+#define KB_LOCAL (KB_HALF < TKD ? KB_HALF : TKD)  // gemm_local's half blocks: within one local tile
+#if TKD % KB_LOCAL
+#error "TKD must be a multiple of KB_HALF"
+#endif
 
 __kernel __attribute__((reqd_work_group_size(LT, LT, 1))) void gemm_local(GEMM_ARGS) {
-    __local float As[TKD][TT + 1];
-    __local float Bs[TKD][TT];
+    __local MT As[TKD][TT + 1];
+    __local MT Bs[TKD][TT];
     const int tx = (int)get_local_id(0), ty = (int)get_local_id(1);
     const int nbase = (int)get_group_id(0) * TT, mbase = (int)get_group_id(1) * TT;
     const int z = (int)get_global_id(2);
@@ -188,19 +227,27 @@ __kernel __attribute__((reqd_work_group_size(LT, LT, 1))) void gemm_local(GEMM_A
             const int e = tid + l * LT * LT;
             const int mm = e / TKD, kk = e - (e / TKD) * TKD;
             const int m = mbase + mm, k = k0 + kk;
-            As[kk][mm] = (m < M && k < K) ? LD(A, abase + m * sam + k * sak) : 0.0f;
+            As[kk][mm] = (m < M && k < K) ? LDM(A, abase + m * sam + k * sak) : (MT)0.0f;
             const int kb = e / TT, nn = e - (e / TT) * TT;
             const int n = nbase + nn, k2 = k0 + kb;
-            Bs[kb][nn] = (n < N && k2 < K) ? LD(B, bbase + k2 * sbk + n) : 0.0f;
+            Bs[kb][nn] = (n < N && k2 < K) ? LDM(B, bbase + k2 * sbk + n) : (MT)0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        // 2. multiply from local memory into the 4x4 register tile (rows ty + 16i, columns tx + 16j)
-        for (int kk = 0; kk < TKD; ++kk) {
-            float a[WT], b[WT];
-            for (int i = 0; i < WT; ++i) a[i] = As[kk][ty + i * LT];
-            for (int j = 0; j < WT; ++j) b[j] = Bs[kk][tx + j * LT];
+        // 2. multiply from local memory into the 4x4 register tile (rows ty + 16i, columns tx + 16j);
+        //    with HALF_MATH, in half over blocks of KB_LOCAL steps, each block's sum added in float
+        for (int kb0 = 0; kb0 < TKD; kb0 += KB_LOCAL) {
+            MT part[WT][WT];
             for (int i = 0; i < WT; ++i)
-                for (int j = 0; j < WT; ++j) acc[i][j] += a[i] * b[j];
+                for (int j = 0; j < WT; ++j) part[i][j] = (MT)0.0f;
+            for (int kk = kb0; kk < kb0 + KB_LOCAL; ++kk) {
+                MT a[WT], b[WT];
+                for (int i = 0; i < WT; ++i) a[i] = As[kk][ty + i * LT];
+                for (int j = 0; j < WT; ++j) b[j] = Bs[kk][tx + j * LT];
+                for (int i = 0; i < WT; ++i)
+                    for (int j = 0; j < WT; ++j) part[i][j] += a[i] * b[j];
+            }
+            for (int i = 0; i < WT; ++i)
+                for (int j = 0; j < WT; ++j) acc[i][j] += (float)part[i][j];
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }

@@ -17,8 +17,9 @@ __kernel void batchnorm(__global const T* X, int x_off, __global T* Y, int y_off
     const float s = LD(scale, s_off + c) / sqrt(LD(var, v_off + c) + eps);
     const float t = LD(B, b_off + c) - LD(mean, m_off + c) * s;
     const int base = (n * C + c) * inner;
+    const MT sm = (MT)s, tm = (MT)t;  // HALF_MATH: the affine step in half
     RANGE_BEGIN(inner, 0) {
-        ST(Y, y_off + base + j, act_fn(LD(X, x_off + base + j) * s + t, act, p0, p1));
+        ST(Y, y_off + base + j, act_fn(LDM(X, x_off + base + j) * sm + tm, act, p0, p1));
     }
 }
 

@@ -21,6 +21,23 @@ __kernel void pool2d(__global const T* X, int x_off, __global T* Y, int y_off,
     }
     for (int ox = 0; ox < OW; ++ox) {
         const int ws = ox * SW - PW;
+#ifdef HALF_MATH
+        if (mode == 0) {  // max in half (averages and Lp norms sum in float)
+            MT m = (MT)(-INFINITY);
+            for (int kh = 0; kh < KH; ++kh) {
+                const int iy = hs + kh * DH;
+                if (iy < 0 || iy >= H) continue;
+                for (int kw = 0; kw < KW; ++kw) {
+                    const int ix = ws + kw * DW;
+                    if (ix < 0 || ix >= W) continue;
+                    const MT v = LDM(X, xb + iy * W + ix);
+                    m = (v > m || isnan(v)) ? v : m;
+                }
+            }
+            STM(Y, yb + ox, m);
+            continue;
+        }
+#endif
         float acc = mode == 0 ? -INFINITY : 0.0f;
         int wcnt_pad = 0, wcnt = 0;
         for (int kw = 0; kw < KW; ++kw) {

@@ -16,6 +16,7 @@ inner 20, strides a (60, 20 | 1), b (0, 1 | 0)).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -152,6 +153,20 @@ _EXTRA = {
 }
 
 
+# HALF_MATH (a device with cl_khr_fp16, half storage): entries computed in half. They are exact in half
+# or round once, as the store would; every other float entry (exp, log, erf, ... whose intermediates can
+# leave half's range, e.g. Softplus's exp(12)) computes in float (EWF in cl/elementwise.cl).
+HALF_MATH_ENTRIES = {"Add", "Sub", "Mul", "Div", "PRelu", "Sum", "Mean", "MeanLast", "Max", "Min", "Equal", "Less",
+                     "Greater", "LessOrEqual", "GreaterOrEqual", "IsNaN", "IsInf", "Relu", "Neg", "Abs", "Sign",
+                     "Floor", "Ceil", "Round", "LeakyRelu", "ThresholdedRelu", "Clip", "Where"}
+_FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d+\.\d*f)")
+
+
+def _half_expr(expr: str) -> str:
+    """An entry's expression with its float literals as half constants (x < 0.0f would compare in float)."""
+    return _FLOAT_LITERAL.sub(r"((half)\1)", expr)
+
+
 # unary ops kept out of the common unary program (smaller to build for the usual models)
 _RARE = {"Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Selu", "Celu",
          "Mish", "Softsign", "ThresholdedRelu", "Erf"}
@@ -246,14 +261,23 @@ def ew_launch(nb: NodeBuilder, family: str, kind: str, name: str, ins: list[tupl
     shape, device dtype), ``out`` likewise."""
     entries = ENTRIES[(family, kind)]
     code = next(i for i, (n, _) in enumerate(entries) if n == name)
-    ops = "".join(f"EW({i},({e.replace(' ', '')}))" for i, (_, e) in enumerate(entries))
     obuf, oshape, odt = out
+    # half arithmetic: a float program whose float operands are all half storage, on a cl_khr_fp16 device
+    half_math = (nb.caps.half_math and kind == "f" and ct == "float" and family != "cast"
+                 and all(np.dtype(dt) == np.float16 for _, _, dt in ins[-2 if family == "where" else 0:])
+                 and (np.dtype(odt) == np.float16 or family.endswith("_bool")))
+    if half_math:
+        ct = "half"
+        ops = "".join(f"EW({i},({_half_expr(e)}))" if n.split(":")[0] in HALF_MATH_ENTRIES else f"EWF({i},({e}))"
+                      for i, (n, e) in enumerate((n, e.replace(' ', '')) for n, e in entries))
+    else:
+        ops = "".join(f"EW({i},({e.replace(' ', '')}))" for i, (_, e) in enumerate(entries))
     dims, strides = broadcast_layout(oshape, [s for _, s, _ in ins])
     if len(dims) > 6:
         raise Unsupported(f"{nb.op}: broadcast over more than 6 independent axes")
     inner = dims[-1]
     outer = [1] * (6 - len(dims)) + dims[:-1]
-    defines = nb.base_defines() + [("EW_OPS", ops), ("CT", ct), ("ARITY", len(ins))]
+    defines = nb.base_defines() + [("EW_OPS", ops), ("CT", ct), ("ARITY", len(ins))] + (["HALF_MATH"] if half_math else [])
     args = [BufRef(obuf), 0]
     role_strides = []
     for k, role in enumerate("ABC"):
@@ -262,7 +286,7 @@ def ew_launch(nb: NodeBuilder, family: str, kind: str, name: str, ins: list[tupl
             st = strides[k]
             defines.append((f"{role}_IS", st[-1]))  # 0 or 1 (see the module doc)
             defines.append((f"T{role}", CL_TYPES[np.dtype(dt)]))
-            if np.dtype(dt) == np.float16:
+            if np.dtype(dt) == np.float16 and not half_math:
                 defines.append(f"{role}_HALF")
             role_strides.append([0] * (6 - len(st)) + st[:-1])  # 5 outer strides
         else:  # unused operand: any buffer, never read
@@ -271,7 +295,7 @@ def ew_launch(nb: NodeBuilder, family: str, kind: str, name: str, ins: list[tupl
             role_strides.append([0] * 5)
         args += [BufRef(b), 0]
     defines.append(("TO", CL_TYPES[np.dtype(odt)]))
-    if np.dtype(odt) == np.float16:
+    if np.dtype(odt) == np.float16 and not half_math:
         defines.append("O_HALF")
     rows = prod(outer)
     if nb.caps.is_cpu:

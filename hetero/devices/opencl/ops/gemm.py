@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..plan import BufRef, NodeBuilder, Unsupported, ceil_div, planner, prod
+from ..plan import HALF_SAFE, KB_HALF, BufRef, NodeBuilder, Unsupported, ceil_div, half_sums_ok, planner, prod
 from .data import _merge, copy_launch
 
 ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSwish": 5, "HardSigmoid": 6,
@@ -79,15 +79,17 @@ def pack_device_b(nb: NodeBuilder, dtype, B: Operand, K: int, N: int, nbatch: in
     W = RN * NV
     npan = ceil_div(N, W)
     dst = nb.scratch(nbatch * npan * K * W, nb.dev_dtype(dtype), "B packed")
-    nb.launch("gemm.cl", "pack_b", nb.float_defines(dtype), (npan, K, nbatch), None,
+    nb.launch("gemm.cl", "pack_b", nb.float_defines(dtype, half_math=True), (npan, K, nbatch), None,
               [BufRef(B.buf), B.off, B.rs, batch_stride, BufRef(dst), 0, N, K, W], [B.buf], [dst])
     return Operand(dst, 0, W, 1, npan * K * W, 0, ps=K * W)
 
 
 def gemm_launch(nb: NodeBuilder, dtype, A: Operand, B: Operand, C: Operand, M: int, N: int, K: int,
                 nb0: int = 1, nb1: int = 1, bias: Operand | None = None, beta: float = 1.0,
-                residual: Operand | None = None, alpha: float = 1.0, act: tuple = (0, 0.0, 0.0)) -> None:
-    """C[b0,b1] = act(alpha * A.B + beta * bias + residual) (B.cs must be 1)."""
+                residual: Operand | None = None, alpha: float = 1.0, act: tuple = (0, 0.0, 0.0),
+                weights: np.ndarray | None = None) -> None:
+    """C[b0,b1] = act(alpha * A.B + beta * bias + residual) (B.cs must be 1). ``weights``: the
+    constant operand as [rows, K] (the GEMM sums in half only where ``half_sums_ok`` allows)."""
     assert B.cs == 1
     local = nb.caps.gemm_kernel == "local" and nb.caps.max_work_group >= 256
     assert not (local and B.ps is not None), "packed B is for gemm_reg"
@@ -101,7 +103,9 @@ def gemm_launch(nb: NodeBuilder, dtype, A: Operand, B: Operand, C: Operand, M: i
             BufRef(rz.buf), rz.off,
             M, N, K, nb1, float(alpha), float(beta), flags, int(act[0]), float(act[1]), float(act[2])]
     reads = [A.buf, B.buf] + ([bias.buf] if bias is not None else []) + ([residual.buf] if residual is not None else [])
-    defines = nb.float_defines(dtype)
+    defines = nb.float_defines(dtype, half_math=nb.caps.half_math and half_sums_ok(weights, KB_HALF))
+    if "HALF_MATH" in defines and KB_HALF != 32:
+        defines.append(("KB_HALF", KB_HALF))
     caps = nb.caps
     if local:
         gs = (ceil_div(N, 64) * 16, ceil_div(M, 64) * 16, nb0 * nb1)
@@ -165,7 +169,10 @@ def _plan_gemm(nb: NodeBuilder, act) -> None:
     bias = _bias2d(nb, 2, M, N) if nb.has_input(2) else None
     alpha, beta = float(nb.attr("alpha", 1.0)), float(nb.attr("beta", 1.0))
     C = Operand(nb.out_buf(0), 0, N, 1)
-    gemm_launch(nb, dt, A, B, C, M, N, K, bias=bias, beta=beta, alpha=alpha, act=act)
+    wb, wa = nb.host(1), nb.host(0)
+    # the constant operand as [rows, K]: B^T, or else A
+    weights = (wb if tb else wb.T) if wb is not None else None if wa is None else (wa.T if ta else wa)
+    gemm_launch(nb, dt, A, B, C, M, N, K, bias=bias, beta=beta, alpha=alpha, act=act, weights=weights)
 
 
 @planner("Gemm")
@@ -208,7 +215,10 @@ def _plan_matmul(nb: NodeBuilder, act) -> None:
         Mt = nbatch * M if all(x == y for x, y in zip(ba, bo)) else None
         if Mt is not None:
             B = _b_rowmajor(nb, 1, False, K, N, dt, Mt) if len(sb) >= 2 else Operand(bbuf, 0, N, 1)
-            gemm_launch(nb, dt, Operand(abuf, 0, K, 1), B, Operand(cbuf, 0, N, 1), Mt, N, K, act=act)
+            wb, wa = nb.host(1), nb.host(0)
+            weights = wb.reshape(K, N).T if wb is not None else None if wa is None else wa.reshape(-1, K)
+            gemm_launch(nb, dt, Operand(abuf, 0, K, 1), B, Operand(cbuf, 0, N, 1), Mt, N, K, act=act,
+                        weights=weights)
             return
     # 2. batch strides per operand over the broadcast batch axes, merged where contiguous
     def strides(shape, per):
@@ -327,10 +337,19 @@ def _plan_conv(nb: NodeBuilder, act, residual_input: int | None) -> None:
                 BufRef(res if res is not None else xbuf), 0, BufRef(ybuf), 0,
                 C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, M // C, flags, act[0], act[1], act[2]]
         reads = [xbuf, wbuf] + ([bbuf] if has_bias else []) + ([res] if res is not None else [])
-        nb.launch("conv.cl", "dwconv", nb.float_defines(dt), (OH, M, Nb), None, args, reads, [ybuf])
+        # the taps (and the bias) of an output channel are one half sum
+        wh = nb.host(1)
+        taps = None if wh is None else wh.reshape(M, KH * KW)
+        if taps is not None and has_bias:
+            bh = nb.host(2)
+            taps = None if bh is None else np.concatenate([taps, bh.reshape(M, 1) / np.float32(HALF_SAFE)], axis=1)
+        hm = nb.caps.half_math and half_sums_ok(taps, KH * KW + 1)
+        nb.launch("conv.cl", "dwconv", nb.float_defines(dt, half_math=hm), (OH, M, Nb), None, args, reads, [ybuf])
         return
     Mg, Kg = M // G, Cg * KH * KW
     bias = Operand(bbuf, 0, 1, 0, 0, Mg) if has_bias else None
+    wh = nb.host(1)
+    wrows = None if wh is None else wh.reshape(M, Kg)  # every group's rows: one bound for all
     # 2. pointwise (any group count): GEMM straight on X, group g reading rows [g*Cg, (g+1)*Cg)
     if KH == KW == 1 and SH == SW == 1 and PH == PW == 0 and pe == [0] * len(pe):
         B = Operand(xbuf, 0, HW, 1, C * HW, Cg * HW)
@@ -339,7 +358,7 @@ def _plan_conv(nb: NodeBuilder, act, residual_input: int | None) -> None:
             B.sb1 = Cg * RN * NV  # a group's rows inside each packed panel
         gemm_launch(nb, dt, Operand(wbuf, 0, Cg, 1, 0, Mg * Cg), B,
                     Operand(ybuf, 0, OHW, 1, M * OHW, Mg * OHW), Mg, OHW, Cg, Nb, G, bias=bias,
-                    residual=Operand(res) if res is not None else None, act=act)
+                    residual=Operand(res) if res is not None else None, act=act, weights=wrows)
         return
     # 3. im2col + GEMM over (image, group); split the batch when the scratch would be too large
     rows = C * KH * KW
@@ -354,13 +373,13 @@ def _plan_conv(nb: NodeBuilder, act, residual_input: int | None) -> None:
         Bop = Operand(col, 0, OHW, 1, per_image, Kg * OHW)
     for n0 in range(0, Nb, step):
         cnt = min(step, Nb - n0)
-        nb.launch("conv.cl", "im2col", nb.float_defines(dt), (OH, rows, cnt), None,
+        nb.launch("conv.cl", "im2col", nb.float_defines(dt, half_math=True), (OH, rows, cnt), None,
                   [BufRef(xbuf), n0 * C * HW, BufRef(col), 0, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, Wp],
                   [xbuf], [col])
         yoff = n0 * M * OHW
         gemm_launch(nb, dt, Operand(wbuf, 0, Kg, 1, 0, Mg * Kg), Bop,
                     Operand(ybuf, yoff, OHW, 1, M * OHW, Mg * OHW), Mg, OHW, Kg, cnt, G, bias=bias,
-                    residual=Operand(res, yoff) if res is not None else None, act=act)
+                    residual=Operand(res, yoff) if res is not None else None, act=act, weights=wrows)
 
 
 @planner("Conv")

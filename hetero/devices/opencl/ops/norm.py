@@ -38,7 +38,7 @@ def _plan_batchnorm(nb: NodeBuilder, act) -> None:
     args = [BufRef(nb.buf(0)), 0, BufRef(nb.out_buf(0)), 0] + \
         sum([[BufRef(nb.buf(i)), 0] for i in range(1, 5)], []) + \
         [C, inner, float(nb.attr("epsilon", 1e-5))] + list(act)
-    nb.launch("norm.cl", "batchnorm", nb.float_defines(dt), (chunks, C, xs[0]), None, args,
+    nb.launch("norm.cl", "batchnorm", nb.float_defines(dt, half_math=True), (chunks, C, xs[0]), None, args,
               [nb.buf(i) for i in range(5)], [nb.out_buf(0)])
 
 

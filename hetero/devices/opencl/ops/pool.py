@@ -45,7 +45,7 @@ def _plan_pool(nb: NodeBuilder, mode: int, p: float = 2.0) -> None:
     planes = xs[0] * xs[1]
     args = [BufRef(nb.buf(0)), 0, BufRef(nb.out_buf(0)), 0, H, W, KH, KW, SH, SW, PH, PW, PHE, PWE, DH, DW,
             OH, OW, mode, float(p)]
-    nb.launch("pool.cl", "pool2d", nb.float_defines(dt), (OH, planes), None, args, [nb.buf(0)], [nb.out_buf(0)])
+    nb.launch("pool.cl", "pool2d", nb.float_defines(dt, half_math=True), (OH, planes), None, args, [nb.buf(0)], [nb.out_buf(0)])
 
 
 @planner("MaxPool")
