@@ -15,18 +15,21 @@ machine without OpenCL. Layout:
 ``programs.py``     program cache: one build per (context, source, options); CACHE_DIR binaries
 ``memplan.py``      liveness-based sharing of intermediate device buffers
 ``precision.py``    f16 mode: calibrated mixed precision (float storage where half would overflow)
+``icd.py``          registers pip-installed OpenCL runtimes the ICD loader would miss (intel-opencl-rt)
 ``executable.py``   compile (build, upload weights once, fold constants, plan memory) and run
                     (per-stream queue and buffers, one wait per inference)
 ==================  ===================================================================================
 
 Environment knobs (tests and benchmarks): ``HETERO_DISABLE_OPENCL=1`` (no GPU family),
 ``HETERO_OCL_STYLE=gpu|cpu`` (kernel shapes), ``HETERO_OCL_GEMM=reg|local`` (GEMM kernel),
-``HETERO_OCL_WARMUP=1`` (always run once at compile).
+``HETERO_OCL_WARMUP=1`` (always run once at compile), ``HETERO_OCL_HALF_MATH=1|0`` (half arithmetic on
+every cl_khr_fp16 device / on none; default: GPUs only), ``HETERO_OCL_PIP_RUNTIMES=0`` (no icd.py).
 """
 from __future__ import annotations
 
 #: The documented f16 tolerance (INFERENCE_PRECISION_HINT f16): weights and activations are stored
-#: as half (11-bit mantissa, relative rounding 2^-11 per value), arithmetic runs in float; results agree
+#: as half (11-bit mantissa, relative rounding 2^-11 per value); arithmetic runs in float, or in half
+#: with bounded float-accumulated blocks where the device has it (HALF_MATH, see cl/common.cl); results agree
 #: with f32 / CPU within |got - ref| <= F16_RTOL * |ref| + F16_ATOL_OF_MAX * max|ref|, elementwise.
 F16_RTOL = 1e-2
 F16_ATOL_OF_MAX = 1e-2

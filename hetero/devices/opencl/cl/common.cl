@@ -9,7 +9,8 @@
 //   -DHALF_MATH         with T_HALF, on a device with cl_khr_fp16 (native half): the kernels' products,
 //                       short sums, maxima and copies run in half (type MT, loads LDM / stores STM);
 //                       long reductions (GEMM's K beyond a block of KB_HALF, Softmax, norms, average
-//                       pools) still accumulate in float. See opencl/plan.py's half_math.
+//                       pools) still accumulate in float. Who gets it: OpenCLDevice.half_math (the
+//                       device) and plan.half_sums_ok (a GEMM's / conv's weights bound its half sums).
 //
 // Conventions: every buffer argument is followed by an element offset, so one device buffer can hold
 // several tensors; sizes are ints (the planner refuses tensors of 2^31 elements or more); every device

@@ -262,9 +262,11 @@ def ew_launch(nb: NodeBuilder, family: str, kind: str, name: str, ins: list[tupl
     entries = ENTRIES[(family, kind)]
     code = next(i for i, (n, _) in enumerate(entries) if n == name)
     obuf, oshape, odt = out
-    # half arithmetic: a float program whose float operands are all half storage, on a cl_khr_fp16 device
+    # half arithmetic: a float program whose float operands (Where's: its last two) are all half
+    # storage, on a device with half_math; casts keep their one float -> half rounding
+    floats = ins[1:] if family == "where" else ins
     half_math = (nb.caps.half_math and kind == "f" and ct == "float" and family != "cast"
-                 and all(np.dtype(dt) == np.float16 for _, _, dt in ins[-2 if family == "where" else 0:])
+                 and all(np.dtype(dt) == np.float16 for _, _, dt in floats)
                  and (np.dtype(odt) == np.float16 or family.endswith("_bool")))
     if half_math:
         ct = "half"
