@@ -310,12 +310,9 @@ F16_CASES = ["Conv_3x3_pad", "Conv_groups", "Conv_depthwise", "Gemm_transB_bias"
              "FusedConv_relu_residual", "Sigmoid", "Pad_reflect", "Where"]
 
 
-@needs_gpu
-@pytest.mark.parametrize("case_id", F16_CASES)
-def test_f16_within_tolerance(case_id):
+def _f16_case(case_id):
+    """(model, feeds, expected outputs) of an op case, the reference run with float warnings silenced."""
     from op_cases import CASES, device_model, make_values, reference
-
-    from hetero.devices.opencl import f16_allclose
 
     case = next(c for c in CASES if c.id == case_id)
     vals = make_values(case)
@@ -323,12 +320,24 @@ def test_f16_within_tolerance(case_id):
         warnings.simplefilter("ignore")
         expected = reference(case, vals)
     model, feeds = device_model(case, vals, expected)
-    compiled = CORE.compile_model(model, "GPU", {"INFERENCE_PRECISION_HINT": "f16"})
-    got = compiled(feeds)
+    return model, feeds, expected
+
+
+def _assert_f16(got, expected, where: str) -> None:
+    from hetero.devices.opencl import f16_allclose
+
     for k, e in enumerate(expected):
         g = got[k]
         assert g.dtype == e.dtype and g.shape == e.shape  # f32 at the boundary, half inside
-        assert f16_allclose(g, e), f"{case_id}: max error {np.abs(g - e).max()} (max |ref| {np.abs(e).max()})"
+        assert f16_allclose(g, e), f"{where}: max error {np.abs(g - e).max()} (max |ref| {np.abs(e).max()})"
+
+
+@needs_gpu
+@pytest.mark.parametrize("case_id", F16_CASES)
+def test_f16_within_tolerance(case_id):
+    model, feeds, expected = _f16_case(case_id)
+    compiled = CORE.compile_model(model, "GPU", {"INFERENCE_PRECISION_HINT": "f16"})
+    _assert_f16(compiled(feeds), expected, case_id)
     # and f16 really is lower precision than f32 (the hint is not ignored)
     exe = compiled._runner
     assert any(b.dtype == np.float16 for b in exe.plan.bufs.values())
@@ -410,19 +419,10 @@ MIXED_CASES = ["Exp", "Softplus", "HardSwish", "Gelu", "Gemm_transB_bias", "Gemm
 def test_half_math_within_tolerance(case_id, style, monkeypatch):
     """f16 on a cl_khr_fp16 device with half arithmetic on (HETERO_OCL_HALF_MATH=1: CPU implementations
     leave it off by default), in the kernel shapes for CPUs and for GPUs (local-memory GEMM tiles)."""
-    from op_cases import CASES, device_model, make_values, reference
-
-    from hetero.devices.opencl import f16_allclose
-
     monkeypatch.setenv("HETERO_OCL_HALF_MATH", "1")
     if style:
         monkeypatch.setenv("HETERO_OCL_STYLE", style)
-    case = next(c for c in CASES if c.id == case_id)
-    vals = make_values(case)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        expected = reference(case, vals)
-    model, feeds = device_model(case, vals, expected)
+    model, feeds, expected = _f16_case(case_id)
     for dev in HALF_DEVICES:
         compiled = CORE.compile_model(model, dev, {"INFERENCE_PRECISION_HINT": "f16"})
         launches = compiled._runner.plan.launches
@@ -430,11 +430,7 @@ def test_half_math_within_tolerance(case_id, style, monkeypatch):
             assert any(_half_math(l) for l in launches), f"{case_id} on {dev}: no kernel computed in half"
         if case_id in FLOAT_MATH_CASES:
             assert not any(_half_math(l) for l in launches), f"{case_id} on {dev}: a reduction computed in half"
-        got = compiled(feeds)
-        for k, e in enumerate(expected):
-            g = got[k]
-            assert g.dtype == e.dtype and g.shape == e.shape
-            assert f16_allclose(g, e), f"{case_id} on {dev}: max error {np.abs(g - e).max()} (max |ref| {np.abs(e).max()})"
+        _assert_f16(compiled(feeds), expected, f"{case_id} on {dev}")
 
 
 @needs_fp16

@@ -21,24 +21,8 @@ __kernel void pool2d(__global const T* X, int x_off, __global T* Y, int y_off,
     }
     for (int ox = 0; ox < OW; ++ox) {
         const int ws = ox * SW - PW;
-#ifdef HALF_MATH
-        if (mode == 0) {  // max in half (averages and Lp norms sum in float)
-            MT m = (MT)(-INFINITY);
-            for (int kh = 0; kh < KH; ++kh) {
-                const int iy = hs + kh * DH;
-                if (iy < 0 || iy >= H) continue;
-                for (int kw = 0; kw < KW; ++kw) {
-                    const int ix = ws + kw * DW;
-                    if (ix < 0 || ix >= W) continue;
-                    const MT v = LDM(X, xb + iy * W + ix);
-                    m = (v > m || isnan(v)) ? v : m;
-                }
-            }
-            STM(Y, yb + ox, m);
-            continue;
-        }
-#endif
-        float acc = mode == 0 ? -INFINITY : 0.0f;
+        MT mx = (MT)(-INFINITY);  // max: in MT (half with HALF_MATH); averages and Lp norms sum in float
+        float acc = 0.0f;
         int wcnt_pad = 0, wcnt = 0;
         for (int kw = 0; kw < KW; ++kw) {
             const int ix = ws + kw * DW;
@@ -51,15 +35,16 @@ __kernel void pool2d(__global const T* X, int x_off, __global T* Y, int y_off,
             for (int kw = 0; kw < KW; ++kw) {
                 const int ix = ws + kw * DW;
                 if (ix < 0 || ix >= W) continue;
-                const float v = LD(X, xb + iy * W + ix);
-                if (mode == 0) acc = (v > acc || isnan(v)) ? v : acc;
-                else if (mode == 3) acc += pow(fabs(v), lp);
-                else acc += v;
+                const MT v = LDM(X, xb + iy * W + ix);
+                if (mode == 0) mx = (v > mx || isnan(v)) ? v : mx;
+                else if (mode == 3) acc += pow(fabs((float)v), lp);
+                else acc += (float)v;
             }
         }
         if (mode == 1) acc = acc / (float)(hcnt_pad * wcnt_pad);
         else if (mode == 2) acc = (hcnt * wcnt) > 0 ? acc / (float)(hcnt * wcnt) : 0.0f;
         else if (mode == 3) acc = pow(acc, 1.0f / lp);
-        ST(Y, yb + ox, acc);
+        if (mode == 0) STM(Y, yb + ox, mx);
+        else ST(Y, yb + ox, acc);
     }
 }
